@@ -1,0 +1,55 @@
+"""In-process cache of content the hot path reads: questions (by id), banks and templates.
+
+Questions are immutable once an attempt may have seen them (edits create new questions in issue #3's
+workflow), so a question cached by id never goes stale; templates and bank memberships are dropped with
+`invalidate()` when they change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from sessions.model import Question, Template
+from storage import pg
+
+
+class Catalog:
+    def __init__(self, pool: pg.Pool) -> None:
+        self._pool = pool
+        self._questions: dict[int, Question] = {}
+        self._banks: dict[int, tuple[Question, ...]] = {}
+        self._templates: dict[int, tuple[Template, int]] = {}
+        self._lock = asyncio.Lock()
+
+    async def questions(self, ids: Iterable[int]) -> dict[int, Question]:
+        wanted = list(ids)
+        missing = [i for i in wanted if i not in self._questions]
+        if missing:
+            for q in await pg.fetch_questions(self._pool, missing):
+                self._questions[q.id] = q
+        return {i: self._questions[i] for i in wanted if i in self._questions}
+
+    async def bank(self, bank_id: int) -> tuple[Question, ...]:
+        cached = self._banks.get(bank_id)
+        if cached is None:
+            async with self._lock:  # a start storm loads each bank once, not once per student
+                cached = self._banks.get(bank_id)
+                if cached is None:
+                    cached = tuple(await pg.fetch_bank_questions(self._pool, bank_id))
+                    self._banks[bank_id] = cached
+                    for q in cached:
+                        self._questions.setdefault(q.id, q)
+        return cached
+
+    async def template(self, template_id: int) -> tuple[Template, int] | None:
+        found = self._templates.get(template_id)
+        if found is None:
+            found = await pg.fetch_template(self._pool, template_id)
+            if found is not None:  # unknown ids are not cached: they would let anyone grow this dict
+                self._templates[template_id] = found
+        return found
+
+    def invalidate(self) -> None:
+        self._banks.clear()
+        self._templates.clear()

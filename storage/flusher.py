@@ -1,0 +1,251 @@
+"""The batch flusher: finished sessions go from the Redis outbox streams to PostgreSQL, exactly once.
+
+Each hub process runs one consumer of the `flushers` group on every partition's outbox. A pass:
+  1. reads its own pending entries (a previous pass failed before acknowledging), new entries, and entries
+     a dead consumer left pending for longer than `claim_idle_ms` (XAUTOCLAIM);
+  2. loads those sessions' state from Redis and scores them with the pure core;
+  3. writes attempts, per-topic analytics, responses and anti-cheat events in ONE transaction, by COPY into
+     temporary staging tables and INSERT ... ON CONFLICT DO NOTHING (so a replayed entry adds nothing);
+  4. only after the commit, acknowledges and deletes each entry and sets its session keys' final TTL
+     (flushed.lua), atomically per session.
+A crash anywhere leaves the entry pending; whoever picks it up next writes nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from sessions.machine import SessionState
+from sessions.model import Question
+from sessions.scoring import mark, score
+from storage import pg
+from storage.catalog import Catalog
+from storage.keys import FLUSH_GROUP, PARTITIONS, Keys
+from storage.scripts import AnyRedis, Scripts
+from storage.session_store import RedisSessionStore, Stored
+
+log = logging.getLogger(__name__)
+
+_ATTEMPT_COLUMNS = (
+    "session_id", "user_id", "template_id", "status", "reason", "score", "max_score", "min_score",
+    "correct", "wrong", "skipped", "violations", "flagged", "started_at", "finished_at",
+)  # fmt: skip
+_TOPIC_COLUMNS = ("session_id", "topic", "correct", "wrong", "skipped", "score", "max_score")
+_RESPONSE_COLUMNS = (
+    "session_id", "question_id", "user_id", "position", "choice", "is_correct", "marks",
+    "marked_for_review", "time_spent_ms", "seq", "answered_at",
+)  # fmt: skip
+_EVENT_COLUMNS = ("session_id", "idx", "kind", "seq", "occurred_at")
+
+_STAGING = [
+    ("stage_attempts", "test_attempts", _ATTEMPT_COLUMNS),
+    ("stage_topics", "attempt_analytics", _TOPIC_COLUMNS),
+    ("stage_responses", "responses", _RESPONSE_COLUMNS),
+    ("stage_events", "anticheat_events", _EVENT_COLUMNS),
+]
+
+
+@dataclass(slots=True)
+class Rows:
+    attempts: list[tuple[Any, ...]] = field(default_factory=list)
+    topics: list[tuple[Any, ...]] = field(default_factory=list)
+    responses: list[tuple[Any, ...]] = field(default_factory=list)
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def attempt_rows(stored: Stored, questions: dict[int, Question], rows: Rows) -> None:
+    """Append one finished session's rows (pure: no I/O)."""
+    s: SessionState = stored.state
+    uid = s.user_id
+    paper = [questions[q] for q in s.paper.question_ids]
+    result = score(paper, s.choices(), stored.scheme)
+    assert s.finished_ms is not None and s.finish_reason is not None
+    rows.attempts.append(
+        (s.id, uid, s.template_id, s.status.value, s.finish_reason.value, result.score, result.max_score,
+         result.min_score, result.correct, result.wrong, result.skipped, s.violations, s.flagged,
+         pg.ms_to_dt(s.started_ms), pg.ms_to_dt(s.finished_ms))
+    )  # fmt: skip
+    for topic, t in sorted(result.topics.items()):
+        rows.topics.append((s.id, topic, t.correct, t.wrong, t.skipped, t.score, t.max_score))
+    for position, q in enumerate(paper):
+        a = s.answers.get(q.id)
+        choice = a.choice if a else None
+        rows.responses.append(
+            (s.id, q.id, uid, position, choice, None if choice is None else choice == q.correct,
+             mark(q, choice, stored.scheme), bool(a and a.marked), a.time_ms if a else 0,
+             a.seq if a else None, pg.ms_to_dt(a.at_ms) if a else None)
+        )  # fmt: skip
+    for idx, c in enumerate(s.cheats):
+        rows.events.append((s.id, idx, c.kind.value, c.seq, pg.ms_to_dt(c.at_ms)))
+
+
+async def write_rows(conn: Any, rows: Rows) -> None:
+    """Idempotent bulk write; call inside a transaction."""
+    attempts = [(r[0], uuid.UUID(r[1]), *r[2:]) for r in rows.attempts]
+    responses = [(r[0], r[1], uuid.UUID(r[2]), *r[3:]) for r in rows.responses]
+    data = {"stage_attempts": attempts, "stage_topics": rows.topics, "stage_responses": responses,
+            "stage_events": rows.events}  # fmt: skip
+    for stage, target, columns in _STAGING:
+        await conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {target} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        if data[stage]:
+            await conn.copy_records_to_table(stage, records=data[stage], columns=columns)
+            cols = ", ".join(columns)
+            await conn.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING")
+    await conn.execute(
+        """UPDATE test_sessions s
+              SET status = a.status, started_at = a.started_at, finished_at = a.finished_at,
+                  finish_reason = a.reason
+             FROM stage_attempts a WHERE s.id = a.session_id"""
+    )
+
+
+@dataclass(slots=True)
+class Entry:
+    stream: str
+    entry_id: str
+    sid: str
+
+
+class Flusher:
+    def __init__(
+        self,
+        redis: AnyRedis,
+        pool: pg.Pool,
+        store: RedisSessionStore,
+        scripts: Scripts,
+        catalog: Catalog,
+        consumer: str,
+        *,
+        batch: int = 200,
+        claim_idle_ms: int = 30_000,
+        flushed_ttl_s: int = 3600,
+        idle_sleep_s: float = 0.2,
+    ) -> None:
+        self._redis = redis
+        self._pool = pool
+        self._store = store
+        self._scripts = scripts
+        self._catalog = catalog
+        self._keys: Keys = store.keys
+        self.consumer = consumer
+        self._batch = batch
+        self._claim_idle_ms = claim_idle_ms
+        self._flushed_ttl_s = flushed_ttl_s
+        self._idle_sleep_s = idle_sleep_s
+        self._last_claim = 0.0
+        self.flushed = 0
+
+    async def ensure_groups(self) -> None:
+        for p in range(PARTITIONS):
+            try:
+                await self._redis.xgroup_create(self._keys.outbox(p), FLUSH_GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def run(self) -> None:
+        await self.ensure_groups()
+        backoff = self._idle_sleep_s
+        while True:
+            try:
+                n = await self.flush_once()
+                backoff = self._idle_sleep_s
+            except (TimeoutError, RedisError, OSError) as exc:
+                log.warning("flusher: storage unavailable (%s); retrying in %.1fs", exc, backoff)
+                n = 0
+                backoff = min(backoff * 2, 5.0)
+            except Exception:
+                # A bug must not stop the flusher for good: log, back off, and try again.
+                log.exception("flusher pass failed")
+                n = 0
+                backoff = min(backoff * 2, 5.0)
+            if n == 0:
+                await asyncio.sleep(backoff)
+
+    async def _read(self) -> list[Entry]:
+        pipe = self._redis.pipeline(transaction=False)
+        for p in range(PARTITIONS):
+            stream = self._keys.outbox(p)
+            pipe.xreadgroup(FLUSH_GROUP, self.consumer, {stream: "0"}, count=self._batch)  # our own pending
+            pipe.xreadgroup(FLUSH_GROUP, self.consumer, {stream: ">"}, count=self._batch)
+        claim = time.monotonic() - self._last_claim > self._claim_idle_ms / 2000
+        if claim:
+            self._last_claim = time.monotonic()
+            for p in range(PARTITIONS):
+                pipe.xautoclaim(
+                    self._keys.outbox(p), FLUSH_GROUP, self.consumer, self._claim_idle_ms, "0-0", count=self._batch
+                )
+        results = await pipe.execute()
+        seen: dict[str, Entry] = {}
+        for res in results[: 2 * PARTITIONS]:
+            for stream, messages in res or []:
+                for entry_id, fields in messages:
+                    if fields:  # a pending entry deleted meanwhile comes back with no fields
+                        seen[entry_id + stream] = Entry(stream, entry_id, fields["sid"])
+        if claim:
+            for p, res in enumerate(results[2 * PARTITIONS :]):
+                stream = self._keys.outbox(p)
+                for entry_id, fields in res[1]:
+                    if fields:
+                        seen[entry_id + stream] = Entry(stream, entry_id, fields["sid"])
+        return list(seen.values())[: self._batch * 4]
+
+    async def flush_once(self) -> int:
+        entries = await self._read()
+        if not entries:
+            return 0
+        stored = await self._store.load_many(list(dict.fromkeys(e.sid for e in entries)))
+        rows = Rows()
+        done: list[Entry] = []
+        needed = {q for s in stored.values() for q in s.state.paper.question_ids}
+        questions = await self._catalog.questions(needed)
+        for e in entries:
+            s = stored.get(e.sid)
+            if s is None or not s.state.status.finished:
+                # Keys gone (already flushed and expired) or not finished: nothing to write, drop the entry.
+                log.error("outbox entry %s for session %s has no finished state; dropping it", e.entry_id, e.sid)
+                done.append(e)
+                continue
+            if any(q not in questions for q in s.state.paper.question_ids):
+                log.error("session %s references unknown questions; leaving it pending", e.sid)
+                continue
+            if e.sid not in {a[0] for a in rows.attempts}:
+                attempt_rows(s, questions, rows)
+            done.append(e)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await write_rows(conn, rows)
+        await self._acknowledge(done)
+        self.flushed += len(rows.attempts)
+        return len(entries)
+
+    async def _acknowledge(self, entries: Sequence[Entry]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for e in entries:
+            k = self._keys.session(e.sid)
+            pipe.evalsha(
+                self._scripts.flushed.sha, 4, e.stream, k.meta, k.ans, k.ev,
+                FLUSH_GROUP, e.entry_id, self._flushed_ttl_s,
+            )  # fmt: skip
+        try:
+            await pipe.execute()
+        except ResponseError as exc:
+            if "NOSCRIPT" not in str(exc):
+                raise
+            await self._scripts.register(self._redis)
+            await self._acknowledge(entries)
+
+    async def outbox_length(self) -> int:
+        pipe = self._redis.pipeline(transaction=False)
+        for p in range(PARTITIONS):
+            pipe.xlen(self._keys.outbox(p))
+        return sum(await pipe.execute())

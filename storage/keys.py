@@ -1,0 +1,72 @@
+"""Every Redis key examhub uses, in one place.
+
+Sessions are spread over PARTITIONS hash slots. All keys of one session, and the partition's deadline
+index and outbox stream, carry the partition's hash tag `{pNN}`, so the scripts that finish a session and
+enqueue it for PostgreSQL touch a single slot and run unchanged on Redis Cluster.
+
+Key                          Type    Owner and lifetime
+<prefix>:{pNN}:s:<sid>:meta  hash    session state. TTL `created_ttl` until opened; no TTL while active
+                                     (the sweeper owns it and always finishes it); TTL `flushed_ttl` set by
+                                     the flusher in the same script that acknowledges the outbox entry.
+<prefix>:{pNN}:s:<sid>:ans   hash    question id -> saved answer; lifetime as meta.
+<prefix>:{pNN}:s:<sid>:ev    list    anti-cheat events in order; lifetime as meta.
+<prefix>:{pNN}:due           zset    sid -> deadline (ms, Redis clock); owned by the sweeper: a member is
+                                     removed when its session finishes.
+<prefix>:{pNN}:outbox        stream  finished sessions waiting for PostgreSQL; owned by the flusher: an
+                                     entry is deleted right after the commit that stored it.
+<prefix>:fence               channel pub/sub: "<sid> <epoch>" when a newer connection takes a session over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PARTITIONS = 16  # fixed: changing it would move live sessions; 16 slots spread over up to 16 masters
+FLUSH_GROUP = "flushers"
+
+
+def partition_of(sid: str) -> int:
+    """Session ids are random hex; their first 8 digits pick the partition."""
+    return int(sid[:8], 16) % PARTITIONS
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKeys:
+    meta: str
+    ans: str
+    ev: str
+    due: str
+    outbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "eh"
+
+    def __post_init__(self) -> None:
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ValueError("the key prefix must not contain braces (they would change the hash tag)")
+
+    def _part(self, partition: int) -> str:
+        return f"{self.prefix}:{{p{partition:02d}}}"
+
+    def session(self, sid: str) -> SessionKeys:
+        part = partition_of(sid)
+        base = self._part(part)
+        return SessionKeys(
+            meta=f"{base}:s:{sid}:meta",
+            ans=f"{base}:s:{sid}:ans",
+            ev=f"{base}:s:{sid}:ev",
+            due=f"{base}:due",
+            outbox=f"{base}:outbox",
+        )
+
+    def due(self, partition: int) -> str:
+        return f"{self._part(partition)}:due"
+
+    def outbox(self, partition: int) -> str:
+        return f"{self._part(partition)}:outbox"
+
+    @property
+    def fence_channel(self) -> str:
+        return f"{self.prefix}:fence"

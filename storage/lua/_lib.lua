@@ -1,0 +1,15 @@
+-- Shared helpers. storage/scripts.py prepends this file to every other script.
+
+-- Redis' own clock, in milliseconds: the one clock every hub process agrees on.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The only way a session ends: mark it, drop it from the deadline index and enqueue it for
+-- PostgreSQL, all in the caller's atomic script.
+local function finish(meta, due, outbox, sid, status, reason, now)
+  redis.call('HSET', meta, 'status', status, 'reason', reason, 'finished_ms', now)
+  redis.call('ZREM', due, sid)
+  redis.call('XADD', outbox, '*', 'sid', sid)
+end

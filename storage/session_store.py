@@ -1,0 +1,259 @@
+"""Live session state in Redis: encoding, and the atomic operations the hub and the sweeper need.
+
+Every write goes through the CoalescingWriter as a Lua script (storage/lua/), so it is pipelined with
+everyone else's and its checks (fencing epoch, sequence number, status, deadline on Redis' clock) are
+atomic with the change.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+from sessions.machine import (
+    Activate,
+    CheatRecord,
+    Finish,
+    FinishReason,
+    RecordCheat,
+    SaveAnswer,
+    SavedAnswer,
+    SessionState,
+    Status,
+    Write,
+)
+from sessions.model import VIOLATIONS, AntiCheatPolicy, CheatKind, MarkingScheme, Template
+from sessions.paper import Paper
+from storage.keys import PARTITIONS, Keys
+from storage.scripts import AnyRedis, Scripts
+from storage.writer import CoalescingWriter
+
+
+class Outcome(StrEnum):
+    OK = "OK"
+    DUP = "DUP"
+    FENCED = "FENCED"
+    NOT_ACTIVE = "NOT_ACTIVE"
+    TOO_LATE = "TOO_LATE"
+    NOT_DUE = "NOT_DUE"
+    NO_SESSION = "NO_SESSION"
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    outcome: Outcome
+    now_ms: int | None = None
+    deadline_ms: int | None = None
+    status: Status | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A session as Redis holds it, decoded."""
+
+    state: SessionState
+    scheme: MarkingScheme
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    stored: Stored
+    now_ms: int
+
+
+# ---- encoding ------------------------------------------------------------------------------------------
+
+
+def encode_answer(a: SavedAnswer) -> str:
+    return f"{a.choice or ''}|{int(a.marked)}|{a.time_ms}|{a.seq}|{a.at_ms}"
+
+
+def decode_answer(raw: str) -> SavedAnswer:
+    choice, marked, time_ms, seq, at_ms = raw.split("|")
+    return SavedAnswer(choice or None, marked == "1", int(time_ms), int(seq), int(at_ms))
+
+
+def encode_cheat(c: CheatRecord) -> str:
+    return f"{c.kind.value}|{c.at_ms}|{c.seq}"
+
+
+def decode_cheat(raw: str) -> CheatRecord:
+    kind, at_ms, seq = raw.split("|")
+    return CheatRecord(CheatKind(kind), int(at_ms), int(seq))
+
+
+def _opt(v: int | None) -> str:
+    return "" if v is None else str(v)
+
+
+def _int_or_none(v: str | None) -> int | None:
+    return None if v in (None, "") else int(v)
+
+
+def encode_policy(p: AntiCheatPolicy) -> str:
+    return f"{_opt(p.warn_at)},{_opt(p.flag_at)},{_opt(p.submit_at)}"
+
+
+def decode_policy(raw: str) -> AntiCheatPolicy:
+    w, f, s = raw.split(",")
+    return AntiCheatPolicy(_int_or_none(w), _int_or_none(f), _int_or_none(s))
+
+
+def encode_scheme(s: MarkingScheme) -> str:
+    return f"{s.correct},{s.wrong},{s.skipped}"
+
+
+def decode_scheme(raw: str) -> MarkingScheme:
+    c, w, s = (int(x) for x in raw.split(","))
+    return MarkingScheme(c, w, s)
+
+
+def new_session_fields(
+    sid: str, user_id: str, template: Template, paper: Paper, created_ms: int
+) -> dict[str, str | int]:
+    return {
+        "sid": sid,
+        "uid": user_id,
+        "tpl": template.id,
+        "status": Status.CREATED.value,
+        "epoch": 0,
+        "last_seq": 0,
+        "duration_ms": template.duration_ms,
+        "grace_ms": template.grace_ms,
+        "violations": 0,
+        "flagged": 0,
+        "paper": json.dumps(paper.to_json(), separators=(",", ":")),
+        "policy": encode_policy(template.policy),
+        "scheme": encode_scheme(template.scheme),
+        "created_ms": created_ms,
+    }
+
+
+def decode_session(meta: Mapping[str, str], answers: Mapping[str, str], events: Sequence[str]) -> Stored:
+    finish = meta.get("reason")
+    state = SessionState(
+        id=meta["sid"],
+        user_id=meta["uid"],
+        template_id=int(meta["tpl"]),
+        status=Status(meta["status"]),
+        paper=Paper.from_json(json.loads(meta["paper"])),
+        duration_ms=int(meta["duration_ms"]),
+        grace_ms=int(meta["grace_ms"]),
+        policy=decode_policy(meta["policy"]),
+        deadline_ms=_int_or_none(meta.get("deadline_ms")),
+        started_ms=_int_or_none(meta.get("started_ms")),
+        last_seq=int(meta["last_seq"]),
+        answers=MappingProxyType({int(q): decode_answer(v) for q, v in answers.items()}),
+        cheats=tuple(decode_cheat(e) for e in events),
+        violations=int(meta["violations"]),
+        flagged=meta.get("flagged") == "1",
+        finish_reason=FinishReason(finish) if finish else None,
+        finished_ms=_int_or_none(meta.get("finished_ms")),
+    )
+    return Stored(state, decode_scheme(meta["scheme"]), int(meta["epoch"]))
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _applied(raw: Sequence[Any]) -> Applied:
+    outcome = Outcome(raw[0])
+    now = int(raw[1]) if len(raw) > 1 else None
+    if outcome is Outcome.OK and len(raw) > 2:
+        return Applied(outcome, now, deadline_ms=int(raw[2]))
+    if outcome is Outcome.NOT_ACTIVE:
+        return Applied(outcome, now, status=Status(raw[2]))
+    if outcome is Outcome.NOT_DUE:
+        return Applied(outcome, now, deadline_ms=int(raw[2]))
+    return Applied(outcome, now)
+
+
+# ---- the store -----------------------------------------------------------------------------------------
+
+
+class RedisSessionStore:
+    def __init__(
+        self, redis: AnyRedis, writer: CoalescingWriter, scripts: Scripts, keys: Keys, created_ttl_s: int
+    ) -> None:
+        self._redis = redis
+        self._writer = writer
+        self._scripts = scripts
+        self.keys = keys
+        self._created_ttl_s = created_ttl_s
+
+    async def create(self, sid: str, user_id: str, template: Template, paper: Paper, created_ms: int) -> bool:
+        fields = new_session_fields(sid, user_id, template, paper, created_ms)
+        flat: list[str | int] = [self._created_ttl_s]
+        for name, value in fields.items():
+            flat += [name, value]
+        meta = self.keys.session(sid).meta
+        return bool(await self._writer.call(self._scripts.create, [meta], flat))
+
+    async def open(self, sid: str) -> Opened | None:
+        """Take the session over for a new connection (bumps the fencing epoch)."""
+        k = self.keys.session(sid)
+        raw = await self._writer.call(self._scripts.open, [k.meta, k.ans, k.ev], [])
+        if raw[0] != "OK":
+            return None
+        stored = decode_session(_pairs(raw[3]), _pairs(raw[4]), raw[5])
+        return Opened(stored, int(raw[1]))
+
+    async def load(self, sid: str) -> Stored | None:
+        """Read-only snapshot (REST progress, results before the flush, the flusher)."""
+        found = await self.load_many([sid])
+        return found.get(sid)
+
+    async def load_many(self, sids: Sequence[str]) -> dict[str, Stored]:
+        if not sids:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for sid in sids:
+            k = self.keys.session(sid)
+            pipe.hgetall(k.meta)
+            pipe.hgetall(k.ans)
+            pipe.lrange(k.ev, 0, -1)
+        raw = await pipe.execute()
+        out = {}
+        for i, sid in enumerate(sids):
+            meta, ans, ev = raw[3 * i : 3 * i + 3]
+            if meta:
+                out[sid] = decode_session(meta, ans, ev)
+        return out
+
+    async def apply(self, sid: str, epoch: int, write: Write) -> Applied:
+        k = self.keys.session(sid)
+        if isinstance(write, Finish) and write.reason is FinishReason.TIMEOUT:
+            return await self.expire(sid)
+        keys = [k.meta, k.ans, k.ev, k.due, k.outbox]
+        head: list[str | int]
+        match write:
+            case Activate():
+                head = ["activate", sid, epoch, ""]
+            case SaveAnswer(seq=seq, question_id=qid, answer=answer):
+                head = ["answer", sid, epoch, seq, qid, encode_answer(answer)]
+            case RecordCheat(seq=seq, record=record, flag=flag, finish=finish):
+                violation = int(record.kind in VIOLATIONS)
+                head = ["cheat", sid, epoch, seq, encode_cheat(record), violation, int(flag), finish or ""]
+            case Finish(seq=seq, reason=reason):
+                head = ["finish", sid, epoch, _opt(seq), reason.status.value, reason.value]
+        return _applied(await self._writer.call(self._scripts.apply, keys, head))
+
+    async def expire(self, sid: str) -> Applied:
+        k = self.keys.session(sid)
+        return _applied(await self._writer.call(self._scripts.expire, [k.meta, k.due, k.outbox], [sid]))
+
+    async def due(self, now_ms: int, limit: int = 500) -> list[str]:
+        """Sessions whose deadline has passed, over every partition (one pipeline)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for p in range(PARTITIONS):
+            pipe.zrangebyscore(self.keys.due(p), "-inf", now_ms, start=0, num=limit)
+        return [sid for part in await pipe.execute() for sid in part]
+
+    async def publish_fence(self, sid: str, epoch: int) -> None:
+        await self._redis.publish(self.keys.fence_channel, f"{sid} {epoch}")
