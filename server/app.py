@@ -1,0 +1,141 @@
+"""The aiohttp application: routes, and every resource opened and closed in one cleanup context."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from server import rest
+from server.auth import Auth
+from server.closecodes import Close
+from server.hub import Hub, student_ws
+from server.services import SERVICES, Services
+from server.settings import Durability, Settings
+from storage import pg
+from storage.catalog import Catalog
+from storage.durability import redis_problems
+from storage.errors import UnsafeRedisConfig
+from storage.flusher import Flusher
+from storage.keys import Keys
+from storage.migrate import migrate
+from storage.scripts import AnyRedis, Scripts
+from storage.session_store import RedisSessionStore
+from storage.sweeper import Sweeper
+from storage.writer import CoalescingWriter
+
+log = logging.getLogger(__name__)
+
+
+def connect_redis(settings: Settings) -> AnyRedis:
+    assert settings.redis_url is not None
+    timeout = settings.redis_timeout_s
+    if settings.redis_cluster:
+        return RedisCluster.from_url(
+            settings.redis_url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+    return Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+    )
+
+
+async def _listen_fences(redis: AnyRedis, keys: Keys, hub: Hub) -> None:
+    """Close local connections that a newer connection (on any process) has taken over."""
+    if isinstance(redis, RedisCluster):
+        return  # cluster fan-out arrives with sharded pub/sub; fencing itself is enforced by the epoch check
+    while True:
+        try:
+            async with redis.pubsub(ignore_subscribe_messages=True) as ps:
+                await ps.subscribe(keys.fence_channel)
+                async for message in ps.listen():
+                    sid, _, epoch = str(message["data"]).partition(" ")
+                    if epoch.isdigit():
+                        hub.on_fence(sid, int(epoch))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # connection lost: resubscribe; missed fences are caught by the epoch check
+            log.warning("fence listener: %s; resubscribing", exc)
+            await asyncio.sleep(1)
+
+
+async def open_services(settings: Settings) -> Services:
+    if settings.database_url is None or settings.redis_url is None or settings.secret is None:
+        raise ValueError("open_services needs database_url, redis_url and secret (the CLI fills them in)")
+    pool = await pg.create_pool(settings.database_url, settings.pg_pool_min, settings.pg_pool_max)
+    redis: AnyRedis | None = None
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        redis = connect_redis(settings)
+        problems = await redis_problems(redis)
+        for p in problems:
+            log.warning("REDIS CAN LOSE ACKNOWLEDGED WRITES: %s", p)
+        if problems and settings.redis_durability is Durability.REQUIRE:
+            raise UnsafeRedisConfig(
+                "refusing to start: " + "; ".join(problems) + " (set EXAMHUB_REDIS_DURABILITY=warn to override)"
+            )
+        scripts = Scripts.load()
+        keys = Keys(settings.redis_prefix)
+        writer = CoalescingWriter(redis, scripts)
+        await writer.start()
+        store = RedisSessionStore(redis, writer, scripts, keys, settings.created_ttl_s)
+        catalog = Catalog(pool)
+        consumer = f"{socket.gethostname()}-{os.getpid()}-{id(writer) & 0xFFFF:04x}"
+        flusher = Flusher(
+            redis, pool, store, scripts, catalog, consumer,
+            batch=settings.flush_batch, claim_idle_ms=settings.flush_claim_idle_ms,
+            flushed_ttl_s=settings.flushed_ttl_s,
+        )  # fmt: skip
+        await flusher.ensure_groups()
+        sweeper = Sweeper(redis, store, settings.sweep_interval_s)
+    except BaseException:
+        if redis is not None:
+            await redis.aclose()
+        await pool.close()
+        raise
+    auth = Auth(settings.secret)
+    return Services(settings, auth, pool, redis, writer, store, catalog, flusher, sweeper, Hub())
+
+
+async def close_services(services: Services) -> None:
+    for task in list(services.tasks):
+        task.cancel()
+    await asyncio.gather(*services.tasks, return_exceptions=True)
+    await services.writer.close()
+    await services.redis.aclose()
+    await services.pool.close()
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[rest.json_errors], client_max_size=1024 * 1024)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        services = await open_services(settings)
+        app[SERVICES] = services
+        if settings.run_background:
+            services.background(services.flusher.run())
+            services.background(services.sweeper.run())
+        services.background(_listen_fences(services.redis, services.store.keys, services.hub))
+        yield
+        await close_services(services)
+
+    async def on_shutdown(app: web.Application) -> None:
+        with contextlib.suppress(KeyError):
+            await app[SERVICES].hub.close_all(Close.GOING_AWAY, "server shutting down")
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(on_shutdown)
+    app.router.add_routes(rest.routes)
+    app.router.add_get("/ws/student", student_ws)
+    return app

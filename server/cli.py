@@ -1,0 +1,201 @@
+"""The `examhub` command: serve, demo, migrate, seed, sit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import logging
+import secrets
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from server.settings import Settings, SettingsError
+
+log = logging.getLogger("examhub")
+
+
+def _secret(settings: Settings) -> str:
+    """EXAMHUB_SECRET, or a random one kept in the data folder (so restarts keep tokens valid)."""
+    if settings.secret:
+        return settings.secret
+    path = settings.data_dir / "secret"
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+@contextlib.contextmanager
+def resolved(settings: Settings) -> Iterator[Settings]:
+    """Fill in what the environment left out: embedded PostgreSQL/Redis and a secret."""
+    from storage.embedded import Embedded
+
+    need_pg, need_redis = settings.database_url is None, settings.redis_url is None
+    if not (need_pg or need_redis):
+        yield settings.with_(secret=_secret(settings))
+        return
+    which = " and ".join(n for n, need in (("PostgreSQL", need_pg), ("Redis", need_redis)) if need)
+    print(f"examhub: no {'DATABASE_URL' if need_pg else 'REDIS_URL'}{' / REDIS_URL' if need_pg and need_redis else ''}"
+          f" set: starting an embedded {which} in {settings.data_dir}/", flush=True)  # fmt: skip
+    with Embedded(settings.data_dir, postgres=need_pg, redis=need_redis) as (database_url, redis_url):
+        yield settings.with_(
+            database_url=settings.database_url or database_url,
+            redis_url=settings.redis_url or redis_url,
+            secret=_secret(settings),
+        )
+
+
+def _tune_gc() -> None:
+    # The cyclic collector is the tail at scale (shared/FACTS.md): collect young objects rarely, and move
+    # everything created at start-up out of its reach.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)
+
+
+async def _serve(settings: Settings, banner: bool) -> None:
+    from aiohttp import web
+
+    from server.app import create_app
+    from server.services import SERVICES
+
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    await site.start()
+    _tune_gc()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"examhub: serving on http://{settings.host}:{settings.port}", flush=True)
+    if banner:
+        templates = await _template_lines(app[SERVICES])
+        print(_BANNER.format(url=settings.base_url, templates=templates), flush=True)
+    await stop.wait()
+    print("examhub: shutting down", flush=True)
+    await runner.cleanup()
+
+
+async def _template_lines(services: object) -> str:
+    from storage import pg
+
+    rows = await pg.list_templates(services.pool)  # type: ignore[attr-defined]
+    return "\n".join(f"    {r['id']:>3}  {r['slug']:<20} {r['name']}" for r in rows)
+
+
+_BANNER = """
+Take a test
+-----------
+Templates:
+{templates}
+
+Sit one in this terminal (another shell; add --auto to let a bot answer):
+    .venv/bin/examhub sit --url {url} --template biology-quick-10
+
+Or by hand with curl and any WebSocket client:
+    TOKEN=$(curl -s -XPOST {url}/api/auth/guest -H 'Content-Type: application/json' \\
+             -d '{{"display_name":"Asha"}}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+    curl -s -XPOST {url}/api/sessions -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+         -d '{{"template_id": 1}}'
+    # connect to the returned ws_url and send {{"type":"answer","seq":1,"q":<id>,"choice":"a"}} (docs/protocol.md)
+
+Stop with Ctrl-C.
+"""
+
+
+async def _migrate(settings: Settings) -> None:
+    from storage import pg
+    from storage.migrate import migrate
+
+    assert settings.database_url is not None
+    pool = await pg.create_pool(settings.database_url, 1, 2)
+    try:
+        async with pool.acquire() as conn:
+            applied = await migrate(conn)
+        print("examhub: migrations applied: " + (", ".join(applied) if applied else "none (up to date)"))
+    finally:
+        await pool.close()
+
+
+async def _seed(settings: Settings) -> None:
+    from storage import pg
+    from storage.migrate import migrate
+    from storage.seed import seed_demo
+
+    assert settings.database_url is not None
+    pool = await pg.create_pool(settings.database_url, 1, 2)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        report = await seed_demo(pool)
+        print(
+            f"examhub: demo bank {report.bank_id}: {report.questions} questions ({report.new_questions} new); "
+            f"templates: {', '.join(f'{k} (id {v})' for k, v in report.templates.items())}"
+        )
+    finally:
+        await pool.close()
+
+
+def _run(coro: object) -> None:
+    import uvloop
+
+    uvloop.run(coro)  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="examhub", description="Real-time exam sessions over WebSockets.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("serve", "serve the hub (embedded PostgreSQL/Redis when DATABASE_URL/REDIS_URL are unset)"),
+        ("demo", "seed the demo bank, serve, and print how to take a test"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--host")
+        p.add_argument("--port", type=int)
+        p.add_argument("--data-dir", type=Path)
+    sub.add_parser("migrate", help="apply the SQL migrations")
+    sub.add_parser("seed", help="load the demo question bank and templates (idempotent)")
+    sitp = sub.add_parser("sit", help="sit an exam in this terminal")
+    sitp.add_argument("--url", default="http://127.0.0.1:8080")
+    sitp.add_argument("--template", default="biology-quick-10", help="template slug or id")
+    sitp.add_argument("--name", default="Terminal student")
+    sitp.add_argument("--auto", action="store_true", help="answer at random, without asking")
+    sitp.add_argument("--msgpack", action="store_true", help="speak msgpack instead of JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every initdb/pg_ctl line at INFO
+
+    if args.command == "sit":
+        from server.sit import sit
+
+        return asyncio.run(sit(args.url, args.template, args.name, auto=args.auto, binary=args.msgpack))
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"examhub: {exc}", file=sys.stderr)
+        return 2
+    overrides = {k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)),
+                                   ("data_dir", getattr(args, "data_dir", None))) if v is not None}  # fmt: skip
+    settings = settings.with_(**overrides)
+    with resolved(settings) as ready:
+        if args.command == "migrate":
+            _run(_migrate(ready))
+        elif args.command == "seed":
+            _run(_seed(ready))
+        elif args.command == "serve":
+            _run(_serve(ready, banner=False))
+        elif args.command == "demo":
+            _run(_seed(ready))
+            _run(_serve(ready, banner=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Frames the hub sends to a student, built from the pure core's state and effects.
+
+Nothing here may put an answer key into a frame a student receives before the attempt ends: questions
+go out as text and options only; `result` frames are built only for finished sessions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sessions.anticheat import Level
+from sessions.machine import Ack, Effect, Finished, Refused, SessionState, TimeLeft, Warned
+from sessions.model import MarkingScheme, Question
+from sessions.scoring import Result, score
+
+_WARNING_TEXT = {
+    Level.WARN: "Leaving the exam window is recorded. Please stay on this page.",
+    Level.FLAG: "Your attempt has been flagged for review by a proctor.",
+    Level.SUBMIT: "Too many violations: your attempt has been submitted.",
+}
+
+
+def question_view(q: Question, option_order: tuple[str, ...]) -> dict[str, Any]:
+    text = {o.id: o.text for o in q.options}
+    return {
+        "id": q.id,
+        "topic": q.topic,
+        "text": q.text,
+        "options": [{"id": o, "text": text[o]} for o in option_order],
+    }
+
+
+def answers_view(state: SessionState) -> dict[str, Any]:
+    return {
+        str(q): {"choice": a.choice, "marked": a.marked, "time_ms": a.time_ms, "seq": a.seq}
+        for q, a in state.answers.items()
+    }
+
+
+def result_of(state: SessionState, questions: Mapping[int, Question], scheme: MarkingScheme) -> Result:
+    return score([questions[q] for q in state.paper.question_ids], state.choices(), scheme)
+
+
+def state_frame(
+    state: SessionState,
+    questions: Mapping[int, Question],
+    scheme: MarkingScheme,
+    now_ms: int,
+    epoch: int,
+) -> dict[str, Any]:
+    frame: dict[str, Any] = {
+        "type": "state",
+        "session": state.id,
+        "status": state.status.value,
+        "epoch": epoch,
+        "server_time_ms": now_ms,
+        "deadline_ms": state.deadline_ms,
+        "duration_ms": state.duration_ms,
+        "time_left_ms": state.time_left_ms(now_ms),
+        "last_seq": state.last_seq,
+        "marking": {"correct": scheme.correct, "wrong": scheme.wrong, "skipped": scheme.skipped},
+        "questions": [question_view(questions[q], state.paper.option_order[q]) for q in state.paper.question_ids],
+        "answers": answers_view(state),
+        "violations": state.violations,
+        "flagged": state.flagged,
+    }
+    if state.status.finished:
+        frame["result"] = result_of(state, questions, scheme).to_json()
+        frame["reason"] = state.finish_reason.value if state.finish_reason else None
+    return frame
+
+
+def error_frame(code: str, message: str, seq: int | None = None, *, retry: bool = False) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "seq": seq, "code": code, "message": message}
+    if retry:
+        frame["retry"] = True
+    return frame
+
+
+def effect_frame(effect: Effect, now_ms: int) -> dict[str, Any] | None:
+    """The frame for one effect; Finished is sent by the hub with the result (see finished_frame)."""
+    match effect:
+        case Ack(seq=seq, duplicate=dup):
+            return {"type": "ack", "seq": seq, "duplicate": True} if dup else {"type": "ack", "seq": seq}
+        case Refused(seq=seq, code=code, message=message):
+            return error_frame(code.value, message, seq)
+        case Warned(kind=kind, violations=n, level=level):
+            return {
+                "type": "warning",
+                "kind": kind.value,
+                "violations": n,
+                "level": level.value,
+                "message": _WARNING_TEXT.get(level, ""),
+            }
+        case TimeLeft(seq=seq, time_left_ms=left):
+            return {"type": "time", "seq": seq, "time_left_ms": left, "server_time_ms": now_ms}
+        case Finished():
+            return None
+    return None
+
+
+def finished_frame(state: SessionState, result: Result) -> dict[str, Any]:
+    return {
+        "type": "finished",
+        "status": state.status.value,
+        "reason": state.finish_reason.value if state.finish_reason else None,
+        "result": result.to_json(),
+    }

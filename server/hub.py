@@ -1,0 +1,389 @@
+"""The student WebSocket hub: one connection per live session, thin handlers around the pure core.
+
+Per connection: decode and validate a frame (server/wire.py), ask the core what it means
+(sessions.machine.decide), persist the decision atomically in Redis (storage/session_store.py; the
+write is coalesced with every other connection's into one pipeline), and only then queue the ack. The
+send side is a bounded queue per connection: a client that stops reading is disconnected
+(Close.SLOW_CONSUMER), it never slows anyone else down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from server import frames
+from server.auth import SessionClaims, TokenError
+from server.closecodes import Close
+from server.wire import WireError, decode, encode, to_command
+from sessions.machine import (
+    Activate,
+    Command,
+    Decision,
+    Expire,
+    Finished,
+    Open,
+    SessionState,
+    Write,
+    decide,
+)
+from sessions.model import MarkingScheme, Question
+from storage.errors import StorageUnavailable
+from storage.session_store import Applied, Outcome, Stored
+
+if TYPE_CHECKING:
+    from server.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Outbound:
+    """A connection's bounded send queue, drained by its own task."""
+
+    def __init__(self, ws: web.WebSocketResponse, limit: int) -> None:
+        self._ws = ws
+        self._limit = limit
+        self._queue: deque[str | bytes] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.overflowed = False
+        self._task = asyncio.create_task(self._pump())
+
+    def put(self, data: str | bytes) -> None:
+        if self.overflowed or self._ws.closed:
+            return
+        if len(self._queue) >= self._limit:
+            self.overflowed = True
+            self._queue.clear()
+            self._closer = asyncio.create_task(self._ws.close(code=Close.SLOW_CONSUMER, message=b"send queue overflow"))
+            return
+        self._queue.append(data)
+        self._idle.clear()
+        self._wake.set()
+
+    async def _pump(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._queue:
+                    data = self._queue.popleft()
+                    if isinstance(data, str):
+                        await self._ws.send_str(data)
+                    else:
+                        await self._ws.send_bytes(data)
+                self._idle.set()
+        except (ConnectionError, RuntimeError):
+            self._idle.set()  # the socket went away; what is queued can no longer be delivered
+
+    async def flush(self, within_s: float = 2.0) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), within_s)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+class StudentConnection:
+    def __init__(self, services: Services, ws: web.WebSocketResponse, claims: SessionClaims, binary: bool) -> None:
+        self.s = services
+        self.ws = ws
+        self.sid = claims.sid
+        self.claims = claims
+        self.binary = binary  # encoding of pushes; replies follow the frame they answer
+        self.out = Outbound(ws, services.settings.send_queue_frames)
+        self.epoch = 0
+        self.state: SessionState | None = None
+        self.scheme = MarkingScheme()
+        self.questions: dict[int, Question] = {}
+        self.clock_offset_ms = 0  # Redis' clock minus ours, measured at every write
+        self.lock = asyncio.Lock()
+        self.bad_frames = 0
+        self._timer: asyncio.Task[None] | None = None
+        self.closing = False
+
+    def now_ms(self) -> int:
+        return wall_ms() + self.clock_offset_ms
+
+    def send(self, frame: dict[str, Any], binary: bool | None = None) -> None:
+        self.out.put(encode(frame, self.binary if binary is None else binary))
+
+    async def close(self, code: Close, reason: str) -> None:
+        self.closing = True
+        await self.out.flush()
+        await self.ws.close(code=code, message=reason.encode()[:120])
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            if not await self._open():
+                return
+            async for msg in self.ws:
+                if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    await self._on_frame(msg.data, msg.type is WSMsgType.BINARY)
+                elif msg.type is WSMsgType.ERROR:
+                    break
+                if self.closing:
+                    break
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+            self.s.hub.unregister(self)
+            await self.out.stop()
+
+    async def _open(self) -> bool:
+        try:
+            opened = await self.s.store.open(self.sid)
+        except StorageUnavailable as exc:
+            self.send(frames.error_frame("unavailable", f"storage is unavailable: {exc}", retry=True))
+            await self.close(Close.STORAGE_UNAVAILABLE, "storage unavailable")
+            return False
+        if opened is None:
+            self.send(frames.error_frame("session_not_found", "this session does not exist or has expired"))
+            await self.close(Close.SESSION_NOT_FOUND, "session not found")
+            return False
+        stored: Stored = opened.stored
+        if stored.state.user_id != str(self.claims.user_id):
+            self.send(frames.error_frame("forbidden", "this session belongs to someone else"))
+            await self.close(Close.UNAUTHORIZED, "not your session")
+            return False
+        self.epoch = stored.epoch
+        self.scheme = stored.scheme
+        self.clock_offset_ms = opened.now_ms - wall_ms()
+        self.state = stored.state
+        self.s.hub.register(self)
+        self.questions = await self.s.catalog.questions(stored.state.paper.question_ids)
+        async with self.lock:
+            await self._execute(decide(self.state, Open(), self.now_ms()), self.binary)
+        if self.closing:
+            return False
+        state = self.state
+        self.send(frames.state_frame(state, self.questions, self.scheme, self.now_ms(), self.epoch))
+        if state.status.finished:
+            await self.close(Close.SESSION_FINISHED, "the attempt is over")
+            return False
+        self._arm_timer()
+        return True
+
+    def _arm_timer(self) -> None:
+        state = self.state
+        if state is None or state.deadline_ms is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        delay_s = max(0.0, (state.deadline_ms + state.grace_ms - self.now_ms()) / 1000 + 0.05)
+        self._timer = asyncio.create_task(self._expire_after(delay_s))
+
+    async def _expire_after(self, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        async with self.lock:
+            assert self.state is not None
+            await self._execute(decide(self.state, Expire(), self.now_ms()), self.binary)
+
+    # ---- messages --------------------------------------------------------------------------------------
+
+    async def _on_frame(self, data: str | bytes, binary: bool) -> None:
+        try:
+            msg = decode(data)
+        except WireError as err:
+            self.bad_frames += 1
+            self.send(frames.error_frame(err.code, err.message, err.seq), binary)
+            if self.bad_frames > self.s.settings.max_bad_frames:
+                await self.close(Close.PROTOCOL_ERROR, "too many invalid frames")
+            return
+        await self.handle(to_command(msg), binary)
+
+    async def handle(self, command: Command, binary: bool) -> None:
+        async with self.lock:
+            assert self.state is not None
+            await self._execute(decide(self.state, command, self.now_ms()), binary)
+
+    async def _execute(self, decision: Decision, binary: bool) -> None:
+        """Persist the decision's write (if any), then adopt its state and send its effects."""
+        assert self.state is not None
+        if decision.write is not None:
+            try:
+                applied = await self.s.store.apply(self.sid, self.epoch, decision.write)
+            except StorageUnavailable:
+                seq = getattr(decision.write, "seq", None)
+                self.send(frames.error_frame("unavailable", "not saved: storage is unavailable, send it again",
+                                             seq, retry=True), binary)  # fmt: skip
+                return
+            if applied.now_ms is not None:
+                self.clock_offset_ms = applied.now_ms - wall_ms()
+            if not await self._reconcile(decision, decision.write, applied, binary):
+                return
+        self.state = decision.state
+        now = self.now_ms()
+        for effect in decision.effects:
+            frame = frames.effect_frame(effect, now)
+            if frame is not None:
+                self.send(frame, binary)
+        if any(isinstance(e, Finished) for e in decision.effects):
+            await self._finished()
+
+    async def _reconcile(self, decision: Decision, write: Write, applied: Applied, binary: bool) -> bool:
+        """Redis had the last word. True: the decision stands as the core made it."""
+        seq = getattr(write, "seq", None)
+        match applied.outcome:
+            case Outcome.OK:
+                if isinstance(write, Activate) and applied.deadline_ms is not None:
+                    opened = replace(decision.state, deadline_ms=applied.deadline_ms, started_ms=applied.now_ms)
+                    decision = replace(decision, state=opened)
+                    self.state = opened
+                    self._arm_timer()
+                    return False  # already adopted; Activate has no effects to send
+                return True
+            case Outcome.DUP:
+                if seq is not None:
+                    self.send({"type": "ack", "seq": seq, "duplicate": True}, binary)
+                return False
+            case Outcome.FENCED:
+                self.send(frames.error_frame("superseded", "another connection has taken this session over", seq))
+                await self.close(Close.SUPERSEDED, "superseded by a newer connection")
+                return False
+            case Outcome.NO_SESSION:
+                self.send(frames.error_frame("session_not_found", "this session no longer exists", seq))
+                await self.close(Close.SESSION_NOT_FOUND, "session not found")
+                return False
+            case Outcome.NOT_DUE:
+                return False  # our clock ran ahead of Redis'; the timer is re-armed below
+            case Outcome.NOT_ACTIVE | Outcome.TOO_LATE:
+                # Someone else changed the session (the sweeper, a proctor) or the deadline passed on Redis'
+                # clock: reload the truth and tell the student.
+                if seq is not None and not (isinstance(write, Activate)):
+                    code = "too_late" if applied.outcome is Outcome.TOO_LATE else "not_active"
+                    self.send(frames.error_frame(code, "not saved: the session is no longer active", seq), binary)
+                await self._reload()
+                return False
+        return False
+
+    async def _reload(self) -> None:
+        stored = await self.s.store.load(self.sid)
+        if stored is None:
+            await self.close(Close.SESSION_NOT_FOUND, "session not found")
+            return
+        self.state = stored.state
+        if stored.state.status.finished:
+            await self._finished()
+        else:
+            self._arm_timer()
+
+    async def _finished(self) -> None:
+        state = self.state
+        assert state is not None
+        if not state.status.finished:
+            await self._reload()  # e.g. an Expire decision Redis reported as not yet due
+            return
+        if self._timer is not None and self._timer is not asyncio.current_task():
+            self._timer.cancel()
+        result = frames.result_of(state, self.questions, self.scheme)
+        self.send(frames.finished_frame(state, result))
+        await self.close(Close.SESSION_FINISHED, "the attempt is over")
+
+
+class Hub:
+    """The process' live student connections, and the fence listener that closes superseded ones."""
+
+    def __init__(self) -> None:
+        self.connections: dict[str, StudentConnection] = {}
+
+    def register(self, conn: StudentConnection) -> None:
+        old = self.connections.get(conn.sid)
+        self.connections[conn.sid] = conn
+        if old is not None and old is not conn:
+            self._supersede(old)
+        conn.s.background(conn.s.store.publish_fence(conn.sid, conn.epoch))
+
+    def unregister(self, conn: StudentConnection) -> None:
+        if self.connections.get(conn.sid) is conn:
+            del self.connections[conn.sid]
+
+    def on_fence(self, sid: str, epoch: int) -> None:
+        conn = self.connections.get(sid)
+        if conn is not None and conn.epoch < epoch:
+            self.unregister(conn)
+            self._supersede(conn)
+
+    def _supersede(self, conn: StudentConnection) -> None:
+        conn.send(frames.error_frame("superseded", "another connection has taken this session over"))
+        conn.s.background(conn.close(Close.SUPERSEDED, "superseded by a newer connection"))
+
+    async def close_all(self, code: Close, reason: str) -> None:
+        await asyncio.gather(
+            *(c.ws.close(code=code, message=reason.encode()) for c in list(self.connections.values())),
+            return_exceptions=True,
+        )
+
+
+def _origin_allowed(request: web.Request, services: Services) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # not a browser: cross-site hijacking needs a browser, and the token still applies
+    origin = origin.rstrip("/")
+    own = f"{request.scheme}://{request.host}"
+    return origin in (own, services.settings.base_url, *services.settings.allowed_origins)
+
+
+def _token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        return header[7:].strip()
+    return request.query.get("token")
+
+
+async def student_ws(request: web.Request) -> web.WebSocketResponse:
+    from server.services import SERVICES
+
+    services = request.app[SERVICES]
+    settings = services.settings
+    ws = web.WebSocketResponse(
+        compress=False,  # per-message deflate costs ~7x the memory per connection
+        max_msg_size=settings.max_message_bytes,
+        heartbeat=settings.heartbeat_s,
+    )
+    await ws.prepare(request)
+    binary = request.query.get("format", "json") == "msgpack"
+
+    async def refuse(code: Close, err: str, message: str) -> web.WebSocketResponse:
+        data = encode(frames.error_frame(err, message), binary)
+        await (ws.send_bytes(data) if isinstance(data, bytes) else ws.send_str(data))
+        await ws.close(code=code, message=message.encode()[:120])
+        return ws
+
+    if not _origin_allowed(request, services):
+        return await refuse(Close.FORBIDDEN_ORIGIN, "forbidden_origin", "this origin may not open exam sessions")
+    token = _token(request)
+    if not token:
+        return await refuse(Close.UNAUTHORIZED, "unauthorized", "a session token is required")
+    try:
+        claims = services.auth.verify_session(token)
+    except TokenError as exc:
+        return await refuse(Close.UNAUTHORIZED, "unauthorized", str(exc))
+
+    conn = StudentConnection(services, ws, claims, binary)
+    try:
+        await conn.run()
+    except Exception:
+        # The outermost handler is the only place that catches everything: log it, close 1011.
+        log.exception("student connection %s failed", claims.sid)
+        if not ws.closed:
+            await ws.close(code=Close.INTERNAL_ERROR, message=b"internal error")
+    if ws.close_code == Close.MESSAGE_TOO_BIG or ws.exception() is not None:
+        log.info("connection %s closed: %s", claims.sid, ws.exception())
+    return ws

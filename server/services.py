@@ -1,0 +1,57 @@
+"""What one hub process holds: settings, clients, stores and background workers, opened and closed in the
+aiohttp app's cleanup context (server/app.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from server.auth import Auth
+from server.settings import Settings
+from storage import pg
+from storage.catalog import Catalog
+from storage.flusher import Flusher
+from storage.scripts import AnyRedis
+from storage.session_store import RedisSessionStore
+from storage.sweeper import Sweeper
+from storage.writer import CoalescingWriter
+
+if TYPE_CHECKING:
+    from server.hub import Hub
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Services:
+    settings: Settings
+    auth: Auth
+    pool: pg.Pool
+    redis: AnyRedis
+    writer: CoalescingWriter
+    store: RedisSessionStore
+    catalog: Catalog
+    flusher: Flusher
+    sweeper: Sweeper
+    hub: Hub
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def background(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a fire-and-forget coroutine, keeping a reference and logging its failure."""
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+
+SERVICES = web.AppKey("services", Services)

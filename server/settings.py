@@ -1,0 +1,113 @@
+"""One frozen Settings, built from the environment once at start-up and passed down. Nothing else reads
+os.environ."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+
+
+class Durability(StrEnum):
+    REQUIRE = "require"  # refuse to start when Redis could lose acknowledged writes
+    WARN = "warn"  # start, but log loudly (development against a throwaway Redis)
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int = 0, hi: int = 2**31) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be a boolean (1/0/true/false), got {raw!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None = None  # None: start an embedded PostgreSQL in data_dir
+    redis_url: str | None = None  # None: start an embedded Redis in data_dir
+    redis_cluster: bool = False
+    redis_prefix: str = "eh"
+    redis_durability: Durability = Durability.REQUIRE
+    redis_timeout_s: float = 5.0
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = None  # how browsers reach us; default http://host:port
+    data_dir: Path = Path(".examhub")
+    secret: str | None = None  # HMAC key for tokens; None: a random one kept in data_dir
+    allowed_origins: tuple[str, ...] = ()  # besides the hub's own origin
+    max_message_bytes: int = 64 * 1024
+    send_queue_frames: int = 256
+    heartbeat_s: float = 15.0
+    max_bad_frames: int = 20
+    created_ttl_s: int = 24 * 3600  # a started-but-never-opened session is forgotten after this
+    flushed_ttl_s: int = 3600  # a finished session stays readable in Redis this long after its flush
+    session_token_slack_s: int = 6 * 3600  # a session token outlives the exam's duration by this much
+    user_token_ttl_s: int = 7 * 24 * 3600
+    flush_batch: int = 200
+    flush_claim_idle_ms: int = 30_000
+    sweep_interval_s: float = 1.0
+    pg_pool_min: int = 2
+    pg_pool_max: int = 10
+    run_background: bool = True  # flusher and sweeper (tests switch them off to drive them by hand)
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        try:
+            durability = Durability(env.get("EXAMHUB_REDIS_DURABILITY", "require"))
+        except ValueError:
+            raise SettingsError("EXAMHUB_REDIS_DURABILITY must be 'require' or 'warn'") from None
+        origins = tuple(o.strip().rstrip("/") for o in env.get("EXAMHUB_ALLOWED_ORIGINS", "").split(",") if o.strip())
+        prefix = env.get("EXAMHUB_REDIS_PREFIX", "eh")
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise SettingsError("EXAMHUB_REDIS_PREFIX must be non-empty and contain no braces")
+        return cls(
+            database_url=env.get("DATABASE_URL") or None,
+            redis_url=env.get("REDIS_URL") or None,
+            redis_cluster=_bool(env, "EXAMHUB_REDIS_CLUSTER", False),
+            redis_prefix=prefix,
+            redis_durability=durability,
+            host=env.get("EXAMHUB_HOST", "127.0.0.1"),
+            port=_int(env, "EXAMHUB_PORT", 8080, 0, 65535),
+            public_url=(env.get("EXAMHUB_PUBLIC_URL") or "").rstrip("/") or None,
+            data_dir=Path(env.get("EXAMHUB_DATA_DIR", ".examhub")),
+            secret=env.get("EXAMHUB_SECRET") or None,
+            allowed_origins=origins,
+            max_message_bytes=_int(env, "EXAMHUB_MAX_MESSAGE_BYTES", 64 * 1024, 1024, 4 * 1024 * 1024),
+            send_queue_frames=_int(env, "EXAMHUB_SEND_QUEUE", 256, 8, 100_000),
+            heartbeat_s=float(_int(env, "EXAMHUB_HEARTBEAT_S", 15, 1, 300)),
+            created_ttl_s=_int(env, "EXAMHUB_CREATED_TTL_S", 24 * 3600, 60),
+            flushed_ttl_s=_int(env, "EXAMHUB_FLUSHED_TTL_S", 3600, 1),
+            flush_batch=_int(env, "EXAMHUB_FLUSH_BATCH", 200, 1, 10_000),
+            pg_pool_max=_int(env, "EXAMHUB_PG_POOL_MAX", 10, 1, 1000),
+        )
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
