@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import pytest
+
+from sessions.anticheat import Level, judge
+from sessions.model import AntiCheatPolicy, CheatKind, Difficulty, MarkingScheme, PaperRule
+from sessions.paper import PaperError, allocate, draw_paper
+from sessions.scoring import score
+from tests.sessions.factories import bank
+
+
+def test_allocation_sums_to_count() -> None:
+    mix = {Difficulty.EASY: 0.3, Difficulty.MEDIUM: 0.5, Difficulty.HARD: 0.2}
+    for n in range(1, 200):
+        parts = allocate(n, mix)
+        assert sum(parts.values()) == n
+    assert allocate(10, mix) == {Difficulty.EASY: 3, Difficulty.MEDIUM: 5, Difficulty.HARD: 2}
+
+
+def test_draw_is_reproducible_and_seed_dependent() -> None:
+    rule = PaperRule(count=12)
+    a = draw_paper(bank(), rule, "alpha")
+    assert a == draw_paper(bank(), rule, "alpha")
+    assert a != draw_paper(bank(), rule, "beta")
+    assert len(set(a.question_ids)) == 12
+    for q in a.question_ids:
+        assert sorted(a.option_order[q]) == ["a", "b", "c", "d"]
+
+
+def test_draw_follows_topics_and_mix() -> None:
+    questions = {q.id: q for q in bank(60)}
+    rule = PaperRule(count=10, topics=("cells", "genetics"))
+    paper = draw_paper(questions.values(), rule, "s")
+    drawn = [questions[q] for q in paper.question_ids]
+    assert {q.topic for q in drawn} == {"cells", "genetics"}
+    levels = [q.difficulty for q in drawn]
+    assert levels.count(Difficulty.EASY) == 3 and levels.count(Difficulty.MEDIUM) == 5
+    assert levels.count(Difficulty.HARD) == 2
+
+
+def test_draw_tops_up_when_a_level_runs_short() -> None:
+    only_easy = [q for q in bank(60) if q.difficulty is Difficulty.EASY]
+    paper = draw_paper(only_easy, PaperRule(count=10), "s")
+    assert len(paper.question_ids) == 10
+
+
+def test_no_shuffle_keeps_option_order() -> None:
+    paper = draw_paper(bank(), PaperRule(count=5, shuffle_options=False, shuffle_questions=False), "s")
+    assert all(paper.option_order[q] == ("a", "b", "c", "d") for q in paper.question_ids)
+
+
+def test_too_small_bank_is_an_error() -> None:
+    with pytest.raises(PaperError, match="needs 50"):
+        draw_paper(bank(30), PaperRule(count=50), "s")
+
+
+def test_neet_marking_by_hand() -> None:
+    qs = bank(6)  # correct answers: b c d a b c for ids 1..6
+    choices = {1: "b", 2: "c", 3: "a", 4: None, 5: "d"}  # 2 right, 2 wrong, 2 skipped (4 and 6)
+    r = score(qs, choices, MarkingScheme())
+    assert (r.score, r.correct, r.wrong, r.skipped) == (2 * 4 - 2, 2, 2, 2)
+    assert (r.max_score, r.min_score) == (24, -6)
+    assert r.topics["cells"].to_json() == {"correct": 0, "wrong": 1, "skipped": 1, "score": -1, "max_score": 8}
+
+
+def test_bad_schemes_and_policies_are_refused() -> None:
+    with pytest.raises(ValueError):
+        MarkingScheme(correct=0)
+    with pytest.raises(ValueError):
+        MarkingScheme(wrong=1)
+    with pytest.raises(ValueError):
+        AntiCheatPolicy(warn_at=0)
+
+
+def test_judge_levels() -> None:
+    p = AntiCheatPolicy(warn_at=2, flag_at=3, submit_at=4)
+    assert judge(p, CheatKind.COPY, 0, False).level is Level.NONE
+    assert judge(p, CheatKind.COPY, 1, False).level is Level.WARN
+    flag = judge(p, CheatKind.COPY, 2, False)
+    assert flag.level is Level.FLAG and flag.flag
+    assert not judge(p, CheatKind.COPY, 2, True).flag  # already flagged
+    assert judge(p, CheatKind.COPY, 3, True).level is Level.SUBMIT
+    assert judge(p, CheatKind.FOCUS, 3, True).level is Level.NONE

@@ -1,0 +1,151 @@
+"""The Lua scripts against real Redis: the atomic checks the hub relies on."""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis.asyncio import Redis
+
+from sessions.machine import (
+    Activate,
+    CheatRecord,
+    Finish,
+    FinishReason,
+    RecordCheat,
+    SaveAnswer,
+    SavedAnswer,
+    Status,
+)
+from sessions.model import CheatKind
+from storage.keys import Keys, partition_of
+from storage.session_store import Outcome, RedisSessionStore
+from tests.sessions.factories import fresh, template
+
+SID = "0123456789abcdef0123456789abcdef"
+
+
+async def created(store: RedisSessionStore, sid: str = SID) -> None:
+    st = fresh(sid=sid)
+    assert await store.create(sid, "u1", template(), st.paper, 1)
+
+
+async def opened(store: RedisSessionStore, sid: str = SID) -> int:
+    await created(store, sid)
+    o = await store.open(sid)
+    assert o is not None
+    r = await store.apply(sid, o.stored.epoch, Activate())
+    assert r.outcome is Outcome.OK and r.deadline_ms is not None
+    return o.stored.epoch
+
+
+def answer(seq: int, q: int, choice: str = "a") -> SaveAnswer:
+    return SaveAnswer(seq, q, SavedAnswer(choice, False, 10, seq, 5))
+
+
+async def test_keys_of_one_session_share_a_hash_tag() -> None:
+    k = Keys("eh").session(SID)
+    tags = {key[key.index("{") : key.index("}") + 1] for key in (k.meta, k.ans, k.ev, k.due, k.outbox)}
+    assert tags == {f"{{p{partition_of(SID):02d}}}"}
+
+
+async def test_create_is_once_and_expires_until_opened(store: RedisSessionStore, redis: Redis) -> None:
+    await created(store)
+    assert not await store.create(SID, "u2", template(), fresh().paper, 2)
+    meta = store.keys.session(SID).meta
+    assert 0 < await redis.ttl(meta) <= 3600
+    epoch = await opened(store, "1" * 32)
+    assert epoch == 1
+    assert await redis.ttl(store.keys.session("1" * 32).meta) == -1  # active: owned by the sweeper, no TTL
+
+
+async def test_round_trip_and_sequence_dedup(store: RedisSessionStore) -> None:
+    epoch = await opened(store)
+    q = fresh(sid=SID).paper.question_ids[0]
+    assert (await store.apply(SID, epoch, answer(1, q, "b"))).outcome is Outcome.OK
+    assert (await store.apply(SID, epoch, answer(1, q, "c"))).outcome is Outcome.DUP
+    loaded = await store.load(SID)
+    assert loaded is not None
+    assert loaded.state.answers[q].choice == "b" and loaded.state.last_seq == 1
+    assert loaded.state.status is Status.ACTIVE
+
+
+async def test_an_older_epoch_is_fenced(store: RedisSessionStore) -> None:
+    old = await opened(store)
+    newer = await store.open(SID)
+    assert newer is not None and newer.stored.epoch == old + 1
+    q = fresh(sid=SID).paper.question_ids[0]
+    assert (await store.apply(SID, old, answer(1, q))).outcome is Outcome.FENCED
+    assert (await store.apply(SID, newer.stored.epoch, answer(1, q))).outcome is Outcome.OK
+    loaded = await store.load(SID)
+    assert loaded is not None and loaded.state.answers[q].seq == 1
+
+
+async def test_writes_after_finish_are_refused(store: RedisSessionStore, redis: Redis) -> None:
+    epoch = await opened(store)
+    assert (await store.apply(SID, epoch, Finish(1, FinishReason.STUDENT))).outcome is Outcome.OK
+    q = fresh(sid=SID).paper.question_ids[0]
+    r = await store.apply(SID, epoch, answer(2, q))
+    assert r.outcome is Outcome.NOT_ACTIVE and r.status is Status.SUBMITTED
+    assert await redis.xlen(store.keys.session(SID).outbox) == 1  # enqueued once
+
+
+async def test_deadline_on_redis_clock(store: RedisSessionStore, redis: Redis) -> None:
+    epoch = await opened(store)
+    meta = store.keys.session(SID).meta
+    await redis.hset(meta, mapping={"deadline_ms": 1000, "grace_ms": 0})  # long past
+    q = fresh(sid=SID).paper.question_ids[0]
+    assert (await store.apply(SID, epoch, answer(1, q))).outcome is Outcome.TOO_LATE
+    loaded = await store.load(SID)
+    assert loaded is not None and loaded.state.status is Status.EXPIRED and not loaded.state.answers
+    assert await redis.xlen(store.keys.session(SID).outbox) == 1
+
+
+async def test_cheat_events_count_flag_and_autosubmit(store: RedisSessionStore, redis: Redis) -> None:
+    epoch = await opened(store)
+    rec = CheatRecord(CheatKind.TAB_HIDDEN, 7, 1)
+    await store.apply(SID, epoch, RecordCheat(1, rec, flag=False, finish=None))
+    await store.apply(SID, epoch, RecordCheat(2, CheatRecord(CheatKind.TAB_VISIBLE, 8, 2), flag=False, finish=None))
+    await store.apply(SID, epoch, RecordCheat(3, CheatRecord(CheatKind.COPY, 9, 3), True, FinishReason.ANTICHEAT))
+    loaded = await store.load(SID)
+    assert loaded is not None
+    s = loaded.state
+    assert [c.kind for c in s.cheats] == [CheatKind.TAB_HIDDEN, CheatKind.TAB_VISIBLE, CheatKind.COPY]
+    assert s.violations == 2 and s.flagged
+    assert s.status is Status.SUBMITTED and s.finish_reason is FinishReason.ANTICHEAT
+
+
+async def test_racing_sweepers_expire_exactly_once(store: RedisSessionStore, redis: Redis) -> None:
+    await opened(store)
+    k = store.keys.session(SID)
+    await redis.hset(k.meta, mapping={"deadline_ms": 1000, "grace_ms": 0})
+    await redis.zadd(k.due, {SID: 1000})
+    assert await store.due(2000) == [SID]
+    results = await asyncio.gather(*(store.expire(SID) for _ in range(20)))
+    assert sum(r.outcome is Outcome.OK for r in results) == 1
+    assert await redis.xlen(store.keys.session(SID).outbox) == 1
+    assert await store.due(10**13) == []
+
+
+async def test_not_due_yet(store: RedisSessionStore) -> None:
+    await opened(store)
+    r = await store.expire(SID)
+    assert r.outcome is Outcome.NOT_DUE
+
+
+async def test_writer_survives_script_cache_flush(store: RedisSessionStore, redis: Redis) -> None:
+    epoch = await opened(store)
+    await redis.script_flush()  # what a Redis restart does to the script cache
+    q = fresh(sid=SID).paper.question_ids[0]
+    assert (await store.apply(SID, epoch, answer(1, q))).outcome is Outcome.OK
+
+
+async def test_many_concurrent_writes_coalesce(store: RedisSessionStore, writer: object) -> None:
+    sids = [f"{i:032x}" for i in range(1, 51)]
+    epochs = await asyncio.gather(*(opened(store, s) for s in sids))
+    papers = {s: fresh(sid=s).paper.question_ids for s in sids}
+    before = writer.batches  # type: ignore[attr-defined]
+    results = await asyncio.gather(
+        *(store.apply(s, e, answer(i + 1, papers[s][i])) for s, e in zip(sids, epochs, strict=True) for i in range(5))
+    )
+    assert all(r.outcome is Outcome.OK for r in results)
+    assert writer.batches - before < len(results) / 5  # type: ignore[attr-defined]
