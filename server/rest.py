@@ -94,7 +94,7 @@ def require_user(request: web.Request) -> UserClaims:
         fail(401, "unauthorized", str(exc))
 
 
-def session_access(request: web.Request, sid: str) -> None:
+def session_access(request: web.Request, sid: str) -> SessionClaims | UserClaims:
     """Either the session's own token, or a user token of its owner (checked by the caller)."""
     auth = request.app[SERVICES].auth
     token = _bearer(request)
@@ -105,13 +105,12 @@ def session_access(request: web.Request, sid: str) -> None:
             claims = auth.verify_user(token)
         except TokenError as exc:
             fail(401, "unauthorized", str(exc))
-    request["claims"] = claims
     if isinstance(claims, SessionClaims) and claims.sid != sid:
         fail(403, "forbidden", "this token is for another session")
+    return claims
 
 
-def check_owner(request: web.Request, owner: uuid.UUID | str) -> None:
-    claims = request["claims"]
+def check_owner(claims: SessionClaims | UserClaims, owner: uuid.UUID | str) -> None:
     if isinstance(claims, UserClaims) and claims.role is Role.STUDENT and str(claims.user_id) != str(owner):
         fail(403, "forbidden", "this session belongs to someone else")
 
@@ -199,16 +198,16 @@ async def start_session(request: web.Request) -> web.Response:
 async def progress(request: web.Request) -> web.Response:
     s = request.app[SERVICES]
     sid = request.match_info["sid"]
-    session_access(request, sid)
+    claims = session_access(request, sid)
     stored = await s.store.load(sid)
     if stored is not None:
         st = stored.state
-        check_owner(request, st.user_id)
+        check_owner(claims, st.user_id)
         return web.json_response(_progress(st, wall_ms()))
     row = await pg.fetch_session(s.pool, sid)
     if row is None:
         fail(404, "session_not_found", "no such session")
-    check_owner(request, row["user_id"])
+    check_owner(claims, row["user_id"])
     return web.json_response(
         {
             "session_id": sid,
@@ -249,11 +248,11 @@ def _review_item(q: Question, order: tuple[str, ...], choice: str | None, marks:
 async def result(request: web.Request) -> web.Response:
     s = request.app[SERVICES]
     sid = request.match_info["sid"]
-    session_access(request, sid)
+    claims = session_access(request, sid)
     row = await pg.fetch_session(s.pool, sid)
     if row is None:
         fail(404, "session_not_found", "no such session")
-    check_owner(request, row["user_id"])
+    check_owner(claims, row["user_id"])
     paper = Paper.from_json(row["paper"])
     questions = await s.catalog.questions(paper.question_ids)
     if row["flushed_at"] is not None:

@@ -58,7 +58,9 @@ async def outbox_total(redis: Redis, store: RedisSessionStore) -> int:
     return sum([await redis.xlen(store.keys.outbox(p)) for p in range(PARTITIONS)])
 
 
-async def test_flush_writes_everything_once_and_sets_ttls(pool: pg.Pool, store: RedisSessionStore, redis: Redis) -> None:
+async def test_flush_writes_everything_once_and_sets_ttls(
+    pool: pg.Pool, store: RedisSessionStore, redis: Redis
+) -> None:
     sessions = [await finished_session(pool, store) for _ in range(3)]
     sids = [s for s, _ in sessions]
     flusher = make_flusher(redis, pool, store, "f1")

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import msgpack
+import pytest
+from aiohttp.test_utils import TestClient
+
+from server.app import create_app
+from server.services import SERVICES, Services
+from server.settings import Settings
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+class Student:
+    """A test student speaking the wire protocol over a real WebSocket."""
+
+    def __init__(self, client: TestClient[Any, Any], token: str, sid: str, binary: bool = False) -> None:
+        self.client = client
+        self.token = token
+        self.sid = sid
+        self.binary = binary
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.seq = 0
+        self.state: dict[str, Any] = {}
+
+    async def connect(self, expect_state: bool = True, **headers: str) -> dict[str, Any]:
+        fmt = "&format=msgpack" if self.binary else ""
+        self.ws = await self.client.ws_connect(f"/ws/student?token={self.token}{fmt}", headers=headers)
+        if expect_state:
+            self.state = await self.recv()
+            assert self.state["type"] == "state", self.state
+            self.seq = max(self.seq, self.state["last_seq"])
+        return self.state
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        assert self.ws is not None
+        if self.binary:
+            await self.ws.send_bytes(msgpack.packb(frame))
+        else:
+            await self.ws.send_str(json.dumps(frame))
+
+    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        assert self.ws is not None
+        msg = await self.ws.receive(timeout=timeout)
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            data: dict[str, Any] = json.loads(msg.data)
+            return data
+        if msg.type == aiohttp.WSMsgType.BINARY:
+            data = msgpack.unpackb(msg.data)
+            return data
+        return {"type": "closed", "code": self.ws.close_code, "msg_type": msg.type.name}
+
+    async def closed(self, timeout: float = 5.0) -> int | None:
+        """Read until the server closes; return the close code."""
+        while True:
+            frame = await self.recv(timeout)
+            if frame["type"] == "closed":
+                return frame["code"]  # type: ignore[no-any-return]
+
+    async def answer(self, q: int, choice: str | None, seq: int | None = None, **extra: Any) -> dict[str, Any]:
+        if seq is None:
+            self.seq += 1
+            seq = self.seq
+        await self.send({"type": "answer", "seq": seq, "q": q, "choice": choice, **extra})
+        return await self.recv()
+
+    async def event(self, kind: str) -> list[dict[str, Any]]:
+        self.seq += 1
+        await self.send({"type": "event", "seq": self.seq, "kind": kind})
+        frames = [await self.recv()]
+        while frames[-1]["type"] == "ack":
+            # a warning may follow the ack; read it if it is there
+            assert self.ws is not None
+            try:
+                nxt = await self.recv(timeout=0.3)
+            except TimeoutError:
+                break
+            frames.append(nxt)
+        return frames
+
+    def questions(self) -> list[dict[str, Any]]:
+        return self.state["questions"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def client(aiohttp_client: ClientFactory, settings: Settings) -> TestClient[Any, Any]:
+    return await aiohttp_client(create_app(settings))
+
+
+def services(client: TestClient[Any, Any]) -> Services:
+    return client.app[SERVICES]  # type: ignore[index]
+
+
+async def guest(client: TestClient[Any, Any], name: str = "Asha") -> str:
+    r = await client.post("/api/auth/guest", json={"display_name": name})
+    assert r.status == 201
+    token: str = (await r.json())["token"]
+    return token
+
+
+async def start(client: TestClient[Any, Any], template_id: int, user_token: str | None = None) -> dict[str, Any]:
+    token = user_token or await guest(client)
+    r = await client.post(
+        "/api/sessions", json={"template_id": template_id}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert r.status == 201, await r.text()
+    data: dict[str, Any] = await r.json()
+    return data
+
+
+async def student(client: TestClient[Any, Any], template_id: int, binary: bool = False) -> Student:
+    started = await start(client, template_id)
+    return Student(client, started["token"], started["session_id"], binary)
