@@ -65,7 +65,8 @@ async def _serve(settings: Settings, banner: bool) -> None:
     from server.services import SERVICES
 
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False)
+    # No access log by default: one log line per request costs more than the request (EXAMHUB_ACCESS_LOG=1).
+    runner = web.AppRunner(app, handle_signals=False, access_log=log if settings.access_log else None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
     await site.start()

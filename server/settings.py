@@ -70,6 +70,7 @@ class Settings:
     sweep_interval_s: float = 1.0
     pg_pool_min: int = 2
     pg_pool_max: int = 10
+    access_log: bool = False
     run_background: bool = True  # flusher and sweeper (tests switch them off to drive them by hand)
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -103,6 +104,7 @@ class Settings:
             flushed_ttl_s=_int(env, "EXAMHUB_FLUSHED_TTL_S", 3600, 1),
             flush_batch=_int(env, "EXAMHUB_FLUSH_BATCH", 200, 1, 10_000),
             pg_pool_max=_int(env, "EXAMHUB_PG_POOL_MAX", 10, 1, 1000),
+            access_log=_bool(env, "EXAMHUB_ACCESS_LOG", False),
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -1,0 +1,316 @@
+"""Acknowledgement benchmark: N students on real WebSockets answering at R answers/s in total.
+
+    python -m loadtest.bench_ack --students 2000 --rate 2000 --duration 30
+
+It starts a hub process (`examhub serve`) on a spare port against PostgreSQL (DATABASE_URL, default the
+local server, database examhub_bench) and its own redis-server with the durable settings examhub demands
+(append-only, fsync always, no eviction) unless --redis-url is given. It opens one session per student
+over REST, connects every student, then each student sends answers on a fixed schedule (its share of the
+rate, random phase) and awaits the ack. Latency is measured from the *scheduled* send time to the ack, so
+a stalled hub shows up as latency rather than as a quietly lower rate (no coordinated omission).
+
+At the end every acknowledged answer is checked against Redis: "lost" counts acknowledged answers whose
+final value is not there. Prints a table and, with --json, writes the figures to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import msgpack
+from redis.asyncio import Redis
+
+from storage.embedded import redis_binary
+from storage.keys import Keys
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def durable_redis() -> Iterator[str]:
+    folder = Path(tempfile.mkdtemp(prefix="examhub-bench-redis-"))
+    port = free_port()
+    proc = subprocess.Popen(  # noqa: S603 - our own binary
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--appendonly", "yes",
+         "--appendfsync", "always", "--maxmemory-policy", "noeviction", "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def ensure_database(url: str) -> None:
+    base, _, name = url.rpartition("/")
+    try:
+        conn = await asyncpg.connect(url)
+    except asyncpg.InvalidCatalogNameError:
+        admin = await asyncpg.connect(base + "/postgres")
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.close()
+        return
+    await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def hub_process(database_url: str, redis_url: str, prefix: str, port: int) -> AsyncIterator[str]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "EXAMHUB_PORT": str(port),
+        "EXAMHUB_REDIS_PREFIX": prefix,
+        "EXAMHUB_SECRET": "bench-secret-" + "b" * 40,
+        "EXAMHUB_REDIS_DURABILITY": "warn",
+        "EXAMHUB_DATA_DIR": tempfile.mkdtemp(prefix="examhub-bench-"),
+    }
+    seed = await asyncio.create_subprocess_exec(sys.executable, "-m", "server.cli", "seed", env=env,
+                                                stdout=subprocess.DEVNULL)  # fmt: skip
+    await seed.wait()
+    log = open(Path(env["EXAMHUB_DATA_DIR"]) / "hub.log", "wb")  # noqa: SIM115 - closed below
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server.cli", "serve", env=env, stdout=log, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(url + "/healthz") as r:
+                        if r.status == 200:
+                            break
+                if proc.returncode is not None:
+                    raise RuntimeError("the hub exited during start-up")
+                await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError("the hub did not start")
+        yield url
+    finally:
+        proc.terminate()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 15)
+        if proc.returncode is None:
+            proc.kill()
+        log.close()
+
+
+@dataclass
+class Student:
+    sid: str
+    token: str
+    ws: aiohttp.ClientWebSocketResponse | None = None
+    questions: list[dict[str, Any]] = field(default_factory=list)
+    seq: int = 0
+    acked: dict[int, str] = field(default_factory=dict)  # question id -> last acknowledged choice
+
+
+@dataclass
+class Stats:
+    latencies_ms: list[float] = field(default_factory=list)
+    sent: int = 0
+    acked: int = 0
+    errors: int = 0
+    connect_ms: list[float] = field(default_factory=list)
+
+
+async def start_students(url: str, n: int, template_slug: str, concurrency: int = 50) -> list[Student]:
+    sem = asyncio.Semaphore(concurrency)
+    async with aiohttp.ClientSession(base_url=url) as http:
+        async with http.get("/api/templates") as r:
+            tid = next(t["id"] for t in (await r.json())["templates"] if t["slug"] == template_slug)
+
+        async def one(i: int) -> Student:
+            async with sem:
+                async with http.post("/api/auth/guest", json={"display_name": f"bench {i}"}) as r:
+                    token = (await r.json())["token"]
+                async with http.post("/api/sessions", json={"template_id": tid},
+                                     headers={"Authorization": f"Bearer {token}"}) as r:  # fmt: skip
+                    body = await r.json()
+                return Student(body["session_id"], body["token"])
+
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+async def connect(http: aiohttp.ClientSession, url: str, st: Student, stats: Stats, binary: bool) -> None:
+    t0 = time.perf_counter()
+    fmt = "&format=msgpack" if binary else ""
+    st.ws = await http.ws_connect(f"{url.replace('http', 'ws')}/ws/student?token={st.token}{fmt}",
+                                  compress=0, max_msg_size=0)  # fmt: skip
+    msg = await st.ws.receive()
+    state = msgpack.unpackb(msg.data) if binary else json.loads(msg.data)
+    st.questions = state["questions"]
+    st.seq = state["last_seq"]
+    stats.connect_ms.append((time.perf_counter() - t0) * 1000)
+
+
+async def drive(st: Student, rate_each: float, until: float, stats: Stats, binary: bool) -> None:
+    assert st.ws is not None
+    interval = 1.0 / rate_each
+    due = time.perf_counter() + random.random() * interval
+    i = random.randrange(len(st.questions))
+    while due < until:
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        q = st.questions[i % len(st.questions)]
+        i += 1
+        choice = random.choice(q["options"])["id"]
+        st.seq += 1
+        frame = {"type": "answer", "seq": st.seq, "q": q["id"], "choice": choice, "time_ms": 1000}
+        if binary:
+            await st.ws.send_bytes(msgpack.packb(frame))
+        else:
+            await st.ws.send_str(json.dumps(frame))
+        stats.sent += 1
+        while True:
+            msg = await st.ws.receive()
+            if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                stats.errors += 1
+                return
+            reply = msgpack.unpackb(msg.data) if binary else json.loads(msg.data)
+            if reply.get("seq") == st.seq:
+                break
+        if reply["type"] == "ack":
+            stats.acked += 1
+            st.acked[q["id"]] = choice
+            stats.latencies_ms.append((time.perf_counter() - due) * 1000)
+        else:
+            stats.errors += 1
+        due += interval
+
+
+async def count_lost(redis_url: str, prefix: str, students: list[Student]) -> int:
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(prefix)
+    lost = 0
+    try:
+        for chunk in range(0, len(students), 500):
+            group = students[chunk : chunk + 500]
+            pipe = redis.pipeline(transaction=False)
+            for st in group:
+                pipe.hgetall(keys.session(st.sid).ans)
+            for st, saved in zip(group, await pipe.execute(), strict=True):
+                for q, choice in st.acked.items():
+                    if saved.get(str(q), "").split("|")[0] != choice:
+                        lost += 1
+    finally:
+        await redis.aclose()
+    return lost
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    gc.set_threshold(100_000, 50, 1000)  # the load generator's own GC pauses would count as hub latency
+    prefix = f"bench{random.randrange(16**6):06x}"
+    await ensure_database(args.database_url)
+    with contextlib.ExitStack() as stack:
+        redis_url = args.redis_url or stack.enter_context(durable_redis())
+        async with hub_process(args.database_url, redis_url, prefix, args.port or free_port()) as url:
+            students = await start_students(url, args.students, args.template)
+            stats = Stats()
+            conn = aiohttp.TCPConnector(limit=0)
+            async with aiohttp.ClientSession(connector=conn) as http:
+                sem = asyncio.Semaphore(200)
+
+                async def connect_one(st: Student) -> None:
+                    async with sem:
+                        await connect(http, url, st, stats, args.msgpack)
+
+                await asyncio.gather(*(connect_one(st) for st in students))
+                gc.collect()
+                gc.freeze()
+                t0 = time.perf_counter()
+                until = t0 + args.duration
+                await asyncio.gather(*(drive(st, args.rate / args.students, until, stats, args.msgpack)
+                                       for st in students))  # fmt: skip
+                elapsed = time.perf_counter() - t0
+                for st in students:
+                    if st.ws is not None:
+                        await st.ws.close()
+            lost = await count_lost(redis_url, prefix, students)
+    return {
+        "students": args.students,
+        "offered_rate": args.rate,
+        "duration_s": args.duration,
+        "encoding": "msgpack" if args.msgpack else "json",
+        "sent": stats.sent,
+        "acked": stats.acked,
+        "errors": stats.errors,
+        "lost": lost,
+        "throughput": round(stats.acked / elapsed, 1),
+        "p50_ms": round(pct(stats.latencies_ms, 50), 2),
+        "p95_ms": round(pct(stats.latencies_ms, 95), 2),
+        "p99_ms": round(pct(stats.latencies_ms, 99), 2),
+        "max_ms": round(max(stats.latencies_ms, default=float("nan")), 2),
+        "connect_p99_ms": round(pct(stats.connect_ms, 99), 2),
+        "redis": "external" if args.redis_url else "own redis-server, appendonly yes, appendfsync always",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--students", type=int, default=2000)
+    p.add_argument("--rate", type=float, default=2000.0, help="answers per second, all students together")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of load (bounded)")
+    p.add_argument("--template", default="neet-mock-180")
+    p.add_argument("--msgpack", action="store_true")
+    p.add_argument("--port", type=int)
+    p.add_argument("--database-url", default=os.environ.get("DATABASE_URL",
+                                                           "postgresql://postgres@127.0.0.1:5432/examhub_bench"))  # fmt: skip
+    p.add_argument("--redis-url", default=None, help="default: start a durable redis-server of our own")
+    p.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = p.parse_args(argv)
+    if not 0 < args.duration <= 600 or not 0 < args.students <= 20_000:
+        p.error("duration must be in (0, 600] s and students in (0, 20000]")
+    import uvloop
+
+    result = uvloop.run(run(args))
+    width = max(len(k) for k in result)
+    for k, v in result.items():
+        print(f"{k:<{width}}  {v}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if result["lost"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
