@@ -38,7 +38,7 @@ import asyncpg
 import msgpack
 from redis.asyncio import Redis
 
-from storage.embedded import redis_binary
+from storage.embedded import EmbeddedRedis
 from storage.keys import Keys
 
 
@@ -51,25 +51,13 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def durable_redis() -> Iterator[str]:
+    """Our own redis-server with the settings examhub demands (append-only, fsync always, no eviction)."""
     folder = Path(tempfile.mkdtemp(prefix="examhub-bench-redis-"))
-    port = free_port()
-    proc = subprocess.Popen(  # noqa: S603 - our own binary
-        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--appendonly", "yes",
-         "--appendfsync", "always", "--maxmemory-policy", "noeviction", "--save", ""],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    server = EmbeddedRedis(folder, port=free_port())
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.start()
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -100,7 +88,7 @@ async def hub_process(database_url: str, redis_url: str, prefix: str, port: int)
     seed = await asyncio.create_subprocess_exec(sys.executable, "-m", "server.cli", "seed", env=env,
                                                 stdout=subprocess.DEVNULL)  # fmt: skip
     await seed.wait()
-    log = open(Path(env["EXAMHUB_DATA_DIR"]) / "hub.log", "wb")  # noqa: SIM115 - closed below
+    log = open(Path(env["EXAMHUB_DATA_DIR"]) / "hub.log", "wb")  # noqa: SIM115, ASYNC230 - tiny, closed below
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "server.cli", "serve", env=env, stdout=log, stderr=log
     )
@@ -294,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--template", default="neet-mock-180")
     p.add_argument("--msgpack", action="store_true")
     p.add_argument("--port", type=int)
-    p.add_argument("--database-url", default=os.environ.get("DATABASE_URL",
-                                                           "postgresql://postgres@127.0.0.1:5432/examhub_bench"))  # fmt: skip
+    default_db = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/examhub_bench")
+    p.add_argument("--database-url", default=default_db)
     p.add_argument("--redis-url", default=None, help="default: start a durable redis-server of our own")
     p.add_argument("--json", type=Path, help="also write the figures to this file")
     args = p.parse_args(argv)

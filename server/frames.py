@@ -57,6 +57,7 @@ def state_frame(
         "server_time_ms": now_ms,
         "deadline_ms": state.deadline_ms,
         "duration_ms": state.duration_ms,
+        "grace_ms": state.grace_ms,
         "time_left_ms": state.time_left_ms(now_ms),
         "last_seq": state.last_seq,
         "marking": {"correct": scheme.correct, "wrong": scheme.wrong, "skipped": scheme.skipped},

@@ -36,7 +36,7 @@ from sessions.machine import (
 )
 from sessions.model import MarkingScheme, Question
 from storage.errors import StorageUnavailable
-from storage.session_store import Applied, Outcome, Stored
+from storage.session_store import Applied, Opened, Outcome, Stored
 
 if TYPE_CHECKING:
     from server.services import Services
@@ -148,20 +148,19 @@ class StudentConnection:
 
     async def _open(self) -> bool:
         try:
-            opened = await self.s.store.open(self.sid)
+            opened = await self.s.store.open(self.sid, str(self.claims.user_id))
         except StorageUnavailable as exc:
-            self.send(frames.error_frame("unavailable", f"storage is unavailable: {exc}", retry=True))
-            await self.close(Close.STORAGE_UNAVAILABLE, "storage unavailable")
+            await self._unavailable(None, self.binary, exc)
             return False
-        if opened is None:
+        if opened is Outcome.FORBIDDEN:
+            self.send(frames.error_frame("forbidden", "this session belongs to someone else"))
+            await self.close(Close.UNAUTHORIZED, "not your session")
+            return False
+        if not isinstance(opened, Opened):
             self.send(frames.error_frame("session_not_found", "this session does not exist or has expired"))
             await self.close(Close.SESSION_NOT_FOUND, "session not found")
             return False
         stored: Stored = opened.stored
-        if stored.state.user_id != str(self.claims.user_id):
-            self.send(frames.error_frame("forbidden", "this session belongs to someone else"))
-            await self.close(Close.UNAUTHORIZED, "not your session")
-            return False
         self.epoch = stored.epoch
         self.scheme = stored.scheme
         self.clock_offset_ms = opened.now_ms - wall_ms()
@@ -169,7 +168,7 @@ class StudentConnection:
         self.s.hub.register(self)
         self.questions = await self.s.catalog.questions(stored.state.paper.question_ids)
         async with self.lock:
-            await self._execute(decide(self.state, Open(), self.now_ms()), self.binary)
+            await self._execute(Open(), self.binary)
         if self.closing:
             return False
         state = self.state
@@ -182,18 +181,18 @@ class StudentConnection:
 
     def _arm_timer(self) -> None:
         state = self.state
-        if state is None or state.deadline_ms is None:
+        if state is None or state.deadline_ms is None or state.status.finished or self.closing:
             return
-        if self._timer is not None:
+        if self._timer is not None and self._timer is not asyncio.current_task():
             self._timer.cancel()
-        delay_s = max(0.0, (state.deadline_ms + state.grace_ms - self.now_ms()) / 1000 + 0.05)
+        delay_s = max(0.05, (state.deadline_ms + state.grace_ms - self.now_ms()) / 1000 + 0.05)
         self._timer = asyncio.create_task(self._expire_after(delay_s))
 
     async def _expire_after(self, delay_s: float) -> None:
         await asyncio.sleep(delay_s)
         async with self.lock:
-            assert self.state is not None
-            await self._execute(decide(self.state, Expire(), self.now_ms()), self.binary)
+            await self._execute(Expire(), self.binary)
+        self._arm_timer()  # our clock estimate may have been behind Redis': look again (no-op once finished)
 
     # ---- messages --------------------------------------------------------------------------------------
 
@@ -210,24 +209,29 @@ class StudentConnection:
 
     async def handle(self, command: Command, binary: bool) -> None:
         async with self.lock:
-            assert self.state is not None
-            await self._execute(decide(self.state, command, self.now_ms()), binary)
+            await self._execute(command, binary)
 
-    async def _execute(self, decision: Decision, binary: bool) -> None:
-        """Persist the decision's write (if any), then adopt its state and send its effects."""
-        assert self.state is not None
-        if decision.write is not None:
+    async def _execute(self, command: Command, binary: bool) -> None:
+        """Decide, persist the decision's write (if any), then adopt its state and send its effects."""
+        for _ in range(2):
+            assert self.state is not None
+            decision = decide(self.state, command, self.now_ms())
+            if decision.write is None:
+                break
             try:
                 applied = await self.s.store.apply(self.sid, self.epoch, decision.write)
-            except StorageUnavailable:
-                seq = getattr(decision.write, "seq", None)
-                self.send(frames.error_frame("unavailable", "not saved: storage is unavailable, send it again",
-                                             seq, retry=True), binary)  # fmt: skip
+            except StorageUnavailable as exc:
+                await self._unavailable(getattr(decision.write, "seq", None), binary, exc)
                 return
             if applied.now_ms is not None:
                 self.clock_offset_ms = applied.now_ms - wall_ms()
+            if applied.outcome is Outcome.NOT_DUE:
+                continue  # our clock ran ahead of Redis' (now corrected): decide again
             if not await self._reconcile(decision, decision.write, applied, binary):
                 return
+            break
+        else:
+            return
         self.state = decision.state
         now = self.now_ms()
         for effect in decision.effects:
@@ -237,40 +241,44 @@ class StudentConnection:
         if any(isinstance(e, Finished) for e in decision.effects):
             await self._finished()
 
+    async def _unavailable(self, seq: int | None, binary: bool, exc: Exception) -> None:
+        """Redis did not answer. The write may or may not have happened, so this connection stops here:
+        processing later messages could store seq N+1 while N is unknown, and a resent N would then be
+        taken for a duplicate. The client reconnects, reads last_seq from the state frame, resends the rest."""
+        log.warning("session %s: storage unavailable (%s); closing %s", self.sid, exc, Close.STORAGE_UNAVAILABLE)
+        message = "storage is unavailable: this message may not be saved; reconnect, then resend after last_seq"
+        self.send(frames.error_frame("unavailable", message, seq, retry=True), binary)
+        await self.close(Close.STORAGE_UNAVAILABLE, "storage unavailable")
+
     async def _reconcile(self, decision: Decision, write: Write, applied: Applied, binary: bool) -> bool:
         """Redis had the last word. True: the decision stands as the core made it."""
         seq = getattr(write, "seq", None)
         match applied.outcome:
             case Outcome.OK:
                 if isinstance(write, Activate) and applied.deadline_ms is not None:
-                    opened = replace(decision.state, deadline_ms=applied.deadline_ms, started_ms=applied.now_ms)
-                    decision = replace(decision, state=opened)
-                    self.state = opened
-                    self._arm_timer()
-                    return False  # already adopted; Activate has no effects to send
+                    self.state = replace(decision.state, deadline_ms=applied.deadline_ms, started_ms=applied.now_ms)
+                    return False  # adopted with Redis' deadline; Activate has no effects to send
                 return True
             case Outcome.DUP:
                 if seq is not None:
                     self.send({"type": "ack", "seq": seq, "duplicate": True}, binary)
                 return False
             case Outcome.FENCED:
-                self.send(frames.error_frame("superseded", "another connection has taken this session over", seq))
+                self.send(
+                    frames.error_frame("superseded", "another connection has taken this session over", seq), binary
+                )
                 await self.close(Close.SUPERSEDED, "superseded by a newer connection")
                 return False
-            case Outcome.NO_SESSION:
-                self.send(frames.error_frame("session_not_found", "this session no longer exists", seq))
-                await self.close(Close.SESSION_NOT_FOUND, "session not found")
-                return False
-            case Outcome.NOT_DUE:
-                return False  # our clock ran ahead of Redis'; the timer is re-armed below
             case Outcome.NOT_ACTIVE | Outcome.TOO_LATE:
                 # Someone else changed the session (the sweeper, a proctor) or the deadline passed on Redis'
                 # clock: reload the truth and tell the student.
-                if seq is not None and not (isinstance(write, Activate)):
+                if seq is not None:
                     code = "too_late" if applied.outcome is Outcome.TOO_LATE else "not_active"
                     self.send(frames.error_frame(code, "not saved: the session is no longer active", seq), binary)
                 await self._reload()
                 return False
+        self.send(frames.error_frame("session_not_found", "this session no longer exists", seq), binary)
+        await self.close(Close.SESSION_NOT_FOUND, "session not found")
         return False
 
     async def _reload(self) -> None:
@@ -287,9 +295,6 @@ class StudentConnection:
     async def _finished(self) -> None:
         state = self.state
         assert state is not None
-        if not state.status.finished:
-            await self._reload()  # e.g. an Expire decision Redis reported as not yet due
-            return
         if self._timer is not None and self._timer is not asyncio.current_task():
             self._timer.cancel()
         result = frames.result_of(state, self.questions, self.scheme)

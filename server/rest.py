@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, NoReturn
 
+import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from redis.exceptions import RedisError
 
 from server import frames
 from server.auth import Role, SessionClaims, TokenError, UserClaims
@@ -57,8 +60,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             raise
         code = exc.reason.lower().replace(" ", "_")
         raise ApiError(exc.status, code, exc.reason, headers=_passthrough(exc)) from None
-    except StorageUnavailable as exc:
-        raise ApiError(503, "unavailable", f"storage is unavailable: {exc}", {"Retry-After": "1"}) from None
+    except (StorageUnavailable, RedisError, OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        log.warning("storage unavailable in %s %s: %s", request.method, request.path, exc)
+        raise ApiError(503, "unavailable", "storage is unavailable; try again", {"Retry-After": "1"}) from None
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         raise ApiError(500, "internal_error", "internal error") from None
@@ -94,8 +98,13 @@ def require_user(request: web.Request) -> UserClaims:
         fail(401, "unauthorized", str(exc))
 
 
+SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
 def session_access(request: web.Request, sid: str) -> SessionClaims | UserClaims:
     """Either the session's own token, or a user token of its owner (checked by the caller)."""
+    if not SESSION_ID.match(sid):
+        fail(404, "session_not_found", "no such session")
     auth = request.app[SERVICES].auth
     token = _bearer(request)
     try:

@@ -7,8 +7,8 @@ Redis, where the race-sensitive checks are repeated against Redis' own clock and
 
     created --open--> active --submit / anti-cheat limit--> submitted
                       active --deadline + grace passed-----> expired
-                      active <--pause / resume--> paused     (proctor; the clock stops while paused)
-                      active | paused --terminate----------> terminated
+                      active <--pause / resume--> paused     (proctor, issue #4: not built yet)
+                      active | paused --terminate----------> terminated  (proctor, issue #4: not built yet)
 
 A command with a sequence number at or below the last accepted one is a duplicate: it changes nothing
 and is acknowledged again. A rejected command changes nothing, its sequence number included.

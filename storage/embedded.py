@@ -40,7 +40,10 @@ def redis_binary() -> str:
 
 @dataclass
 class EmbeddedRedis:
+    """A durable redis-server of our own: on a Unix socket in data_dir, or on 127.0.0.1:port when given."""
+
     data_dir: Path
+    port: int | None = None
     process: subprocess.Popen[bytes] | None = None
     socket: Path | None = None
 
@@ -52,9 +55,10 @@ class EmbeddedRedis:
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
         self.socket = sock
+        listen = ["--port", str(self.port), "--bind", "127.0.0.1"] if self.port else ["--port", "0"]
         args = [
             redis_binary(),
-            "--port", "0",
+            *listen,
             "--unixsocket", str(sock),
             "--unixsocketperm", "700",
             "--dir", str(self.data_dir.resolve()),
@@ -73,7 +77,14 @@ class EmbeddedRedis:
             if time.monotonic() > deadline:
                 raise RuntimeError("embedded redis-server did not start in time")
             time.sleep(0.02)
-        return f"unix://{sock}"
+        return f"redis://127.0.0.1:{self.port}/0" if self.port else f"unix://{sock}"
+
+    def kill(self) -> None:
+        """kill -9: what a crash does."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -186,6 +186,8 @@ class Flusher:
                     self._keys.outbox(p), FLUSH_GROUP, self.consumer, self._claim_idle_ms, "0-0", count=self._batch
                 )
         results = await pipe.execute()
+        if claim:
+            await self._forget_idle_consumers()
         seen: dict[str, Entry] = {}
         for res in results[: 2 * PARTITIONS]:
             for stream, messages in res or []:
@@ -199,6 +201,16 @@ class Flusher:
                     if fields:
                         seen[entry_id + stream] = Entry(stream, entry_id, fields["sid"])
         return list(seen.values())[: self._batch * 4]
+
+    async def _forget_idle_consumers(self) -> None:
+        """Consumer names change with every process; drop those that own nothing and are long gone."""
+        pipe = self._redis.pipeline(transaction=False)
+        for p in range(PARTITIONS):
+            pipe.xinfo_consumers(self._keys.outbox(p), FLUSH_GROUP)
+        for p, consumers in enumerate(await pipe.execute()):
+            for c in consumers:
+                if c["name"] != self.consumer and c["pending"] == 0 and c["idle"] > 10 * self._claim_idle_ms:
+                    await self._redis.xgroup_delconsumer(self._keys.outbox(p), FLUSH_GROUP, c["name"])
 
     async def flush_once(self) -> int:
         entries = await self._read()

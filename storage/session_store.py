@@ -41,6 +41,7 @@ class Outcome(StrEnum):
     TOO_LATE = "TOO_LATE"
     NOT_DUE = "NOT_DUE"
     NO_SESSION = "NO_SESSION"
+    FORBIDDEN = "FORBIDDEN"
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,12 +196,14 @@ class RedisSessionStore:
         meta = self.keys.session(sid).meta
         return bool(await self._writer.call(self._scripts.create, [meta], flat))
 
-    async def open(self, sid: str) -> Opened | None:
-        """Take the session over for a new connection (bumps the fencing epoch)."""
+    async def open(self, sid: str, user_id: str) -> Opened | Outcome:
+        """Take the session over for a new connection of its owner (bumps the fencing epoch).
+
+        Returns Outcome.NO_SESSION or Outcome.FORBIDDEN (not the owner; nothing changed) otherwise."""
         k = self.keys.session(sid)
-        raw = await self._writer.call(self._scripts.open, [k.meta, k.ans, k.ev], [])
+        raw = await self._writer.call(self._scripts.open, [k.meta, k.ans, k.ev], [user_id])
         if raw[0] != "OK":
-            return None
+            return Outcome(raw[0])
         stored = decode_session(_pairs(raw[3]), _pairs(raw[4]), raw[5])
         return Opened(stored, int(raw[1]))
 

@@ -29,7 +29,7 @@ async def finished_session(pool: pg.Pool, store: RedisSessionStore, answers: int
     uid = await pg.create_guest(pool, "flush test")
     await pg.insert_session(pool, sid, secrets.token_hex(8), uid, tpl.id, paper)
     await store.create(sid, str(uid), tpl, paper, 0)
-    opened = await store.open(sid)
+    opened = await store.open(sid, str(uid))
     assert opened is not None
     epoch = opened.stored.epoch
     assert (await store.apply(sid, epoch, Activate())).outcome is Outcome.OK

@@ -18,7 +18,7 @@ from sessions.machine import (
 )
 from sessions.model import CheatKind
 from storage.keys import Keys, partition_of
-from storage.session_store import Outcome, RedisSessionStore
+from storage.session_store import Opened, Outcome, RedisSessionStore
 from tests.sessions.factories import fresh, template
 
 SID = "0123456789abcdef0123456789abcdef"
@@ -31,8 +31,8 @@ async def created(store: RedisSessionStore, sid: str = SID) -> None:
 
 async def opened(store: RedisSessionStore, sid: str = SID) -> int:
     await created(store, sid)
-    o = await store.open(sid)
-    assert o is not None
+    o = await store.open(sid, "u1")
+    assert isinstance(o, Opened)
     r = await store.apply(sid, o.stored.epoch, Activate())
     assert r.outcome is Outcome.OK and r.deadline_ms is not None
     return o.stored.epoch
@@ -71,8 +71,8 @@ async def test_round_trip_and_sequence_dedup(store: RedisSessionStore) -> None:
 
 async def test_an_older_epoch_is_fenced(store: RedisSessionStore) -> None:
     old = await opened(store)
-    newer = await store.open(SID)
-    assert newer is not None and newer.stored.epoch == old + 1
+    newer = await store.open(SID, "u1")
+    assert isinstance(newer, Opened) and newer.stored.epoch == old + 1
     q = fresh(sid=SID).paper.question_ids[0]
     assert (await store.apply(SID, old, answer(1, q))).outcome is Outcome.FENCED
     assert (await store.apply(SID, newer.stored.epoch, answer(1, q))).outcome is Outcome.OK
@@ -149,3 +149,11 @@ async def test_many_concurrent_writes_coalesce(store: RedisSessionStore, writer:
     )
     assert all(r.outcome is Outcome.OK for r in results)
     assert writer.batches - before < len(results) / 5  # type: ignore[attr-defined]
+
+
+async def test_only_the_owner_can_take_a_session_over(store: RedisSessionStore) -> None:
+    epoch = await opened(store)
+    assert await store.open(SID, "intruder") is Outcome.FORBIDDEN
+    assert await store.open("f" * 32, "u1") is Outcome.NO_SESSION
+    q = fresh(sid=SID).paper.question_ids[0]
+    assert (await store.apply(SID, epoch, answer(1, q))).outcome is Outcome.OK  # the owner was not fenced
