@@ -17,7 +17,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/examhub demo
 
+# The whole suite: lint, types, then every test (pure, storage, end-to-end) against real PostgreSQL/Redis.
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -74,7 +74,7 @@ async def ensure_database(url: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def hub_process(database_url: str, redis_url: str, prefix: str, port: int) -> AsyncIterator[str]:
+async def hub_process(database_url: str, redis_url: str, prefix: str, port: int) -> AsyncIterator[tuple[str, int]]:
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -105,7 +105,7 @@ async def hub_process(database_url: str, redis_url: str, prefix: str, port: int)
                 await asyncio.sleep(0.1)
             else:
                 raise RuntimeError("the hub did not start")
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         with contextlib.suppress(TimeoutError):
@@ -219,6 +219,13 @@ async def count_lost(redis_url: str, prefix: str, students: list[Student]) -> in
     return lost
 
 
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -232,8 +239,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await ensure_database(args.database_url)
     with contextlib.ExitStack() as stack:
         redis_url = args.redis_url or stack.enter_context(durable_redis())
-        async with hub_process(args.database_url, redis_url, prefix, args.port or free_port()) as url:
+        async with hub_process(args.database_url, redis_url, prefix, args.port or free_port()) as (url, pid):
             students = await start_students(url, args.students, args.template)
+            rss_before = rss_kb(pid)
             stats = Stats()
             conn = aiohttp.TCPConnector(limit=0)
             async with aiohttp.ClientSession(connector=conn) as http:
@@ -244,6 +252,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         await connect(http, url, st, stats, args.msgpack)
 
                 await asyncio.gather(*(connect_one(st) for st in students))
+                rss_connected = rss_kb(pid)
                 gc.collect()
                 gc.freeze()
                 t0 = time.perf_counter()
@@ -251,6 +260,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.gather(*(drive(st, args.rate / args.students, until, stats, args.msgpack)
                                        for st in students))  # fmt: skip
                 elapsed = time.perf_counter() - t0
+                rss_after = rss_kb(pid)
                 for st in students:
                     if st.ws is not None:
                         await st.ws.close()
@@ -270,6 +280,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "p99_ms": round(pct(stats.latencies_ms, 99), 2),
         "max_ms": round(max(stats.latencies_ms, default=float("nan")), 2),
         "connect_p99_ms": round(pct(stats.connect_ms, 99), 2),
+        "hub_rss_mb_after_load": round(rss_after / 1024, 1),
+        "hub_kb_per_connection": round((rss_connected - rss_before) / args.students, 1),
         "redis": "external" if args.redis_url else "own redis-server, appendonly yes, appendfsync always",
     }
 
