@@ -25,7 +25,7 @@ class Close(IntEnum):
     PROTOCOL_ERROR = 4400  # too many invalid frames
 
     SLOW_CONSUMER = 4500  # the client did not read fast enough; its send queue overflowed
-    STORAGE_UNAVAILABLE = 4503  # Redis did not answer; nothing unacknowledged was saved
+    STORAGE_UNAVAILABLE = 4503  # Redis did not answer; the last write may or may not be saved: resume from last_seq
 
 
 def reconnect(code: int) -> bool:
