@@ -23,7 +23,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,15 +37,8 @@ import asyncpg
 import msgpack
 from redis.asyncio import Redis
 
-from storage.embedded import EmbeddedRedis
+from storage.embedded import EmbeddedRedis, free_port
 from storage.keys import Keys
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

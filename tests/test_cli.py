@@ -5,18 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from storage.embedded import free_port
 
 
 def test_demo_with_embedded_services_serves_a_whole_exam(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,17 +12,10 @@ from aiohttp.test_utils import TestClient
 from server.app import create_app, open_services
 from server.closecodes import Close
 from server.settings import Durability, Settings
-from storage.embedded import EmbeddedRedis
+from storage.embedded import EmbeddedRedis, free_port
 from storage.errors import UnsafeRedisConfig
 from tests.conftest import template_id
 from tests.server.conftest import ClientFactory, Student, services, student
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
