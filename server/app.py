@@ -13,7 +13,8 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from server import rest
+from server import api as api_edge
+from server import routes
 from server.auth import Auth
 from server.closecodes import Close
 from server.hub import Hub, student_ws
@@ -117,8 +118,12 @@ async def close_services(services: Services) -> None:
     await services.pool.close()
 
 
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[rest.json_errors], client_max_size=1024 * 1024)
+    app = web.Application(middlewares=[api_edge.json_errors], client_max_size=8 * 1024 * 1024)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         services = await open_services(settings)
@@ -136,6 +141,7 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
-    app.router.add_routes(rest.routes)
+    routes.load().install(app)
+    app.router.add_get("/healthz", _healthz)
     app.router.add_get("/ws/student", student_ws)
     return app

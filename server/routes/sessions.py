@@ -1,112 +1,38 @@
-"""REST endpoints of the session lifecycle: a guest login, templates, start a session, progress, result.
-
-Every error is JSON: {"error": <code>, "message": <text>} with a 4xx status (5xx only for our own faults
-or unavailable storage, 503 with Retry-After).
-"""
+"""The session lifecycle over REST: start a session, read its progress, read its result."""
 
 from __future__ import annotations
 
-import json
-import logging
 import re
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
-import asyncpg
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from redis.exceptions import RedisError
+from pydantic import BaseModel, Field
 
 from server import frames
+from server.api import ANY_USER, PUBLIC, Ctx, Strict, bearer, fail
 from server.auth import Role, SessionClaims, TokenError, UserClaims
 from server.hub import wall_ms
-from server.services import SERVICES, Services
+from server.routes import api
+from server.services import Services
 from sessions.machine import SessionState
 from sessions.model import Question
 from sessions.paper import Paper, PaperError, draw_paper
 from sessions.scoring import mark
 from storage import pg
-from storage.errors import StorageUnavailable
-
-log = logging.getLogger(__name__)
-routes = web.RouteTableDef()
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ApiError(web.HTTPException):
-    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
-        self.status_code = status
-        super().__init__(
-            text=json.dumps({"error": code, "message": message}),
-            content_type="application/json",
-            headers=headers,
-        )
-
-
-def fail(status: int, code: str, message: str) -> NoReturn:
-    raise ApiError(status, code, message)
-
-
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError:
-        raise
-    except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == "application/json":
-            raise
-        code = exc.reason.lower().replace(" ", "_")
-        raise ApiError(exc.status, code, exc.reason, headers=_passthrough(exc)) from None
-    except (StorageUnavailable, RedisError, OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-        log.warning("storage unavailable in %s %s: %s", request.method, request.path, exc)
-        raise ApiError(503, "unavailable", "storage is unavailable; try again", {"Retry-After": "1"}) from None
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        raise ApiError(500, "internal_error", "internal error") from None
-
-
-def _passthrough(exc: web.HTTPException) -> dict[str, str]:
-    return {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
-
-
-async def body(request: web.Request, model: type[BaseModel]) -> Any:
-    if request.content_type != "application/json":
-        fail(415, "unsupported_media_type", "send a JSON body with Content-Type: application/json")
-    raw = await request.read()
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        fail(422, "invalid_body", f"{where}: {first['msg']}")
-
-
-def _bearer(request: web.Request) -> str:
-    header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer ") or not header[7:].strip():
-        fail(401, "unauthorized", "send a token as 'Authorization: Bearer <token>'")
-    return header[7:].strip()
-
-
-def require_user(request: web.Request) -> UserClaims:
-    try:
-        return request.app[SERVICES].auth.verify_user(_bearer(request))
-    except TokenError as exc:
-        fail(401, "unauthorized", str(exc))
-
 
 SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def session_access(request: web.Request, sid: str) -> SessionClaims | UserClaims:
-    """Either the session's own token, or a user token of its owner (checked by the caller)."""
+def session_access(ctx: Ctx[Any, Any], sid: str) -> SessionClaims | UserClaims:
+    """Either the session's own token, or a user token (owner, or staff)."""
     if not SESSION_ID.match(sid):
         fail(404, "session_not_found", "no such session")
-    auth = request.app[SERVICES].auth
-    token = _bearer(request)
+    token = bearer(ctx.request)
+    if token is None:
+        fail(401, "unauthorized", "send a token as 'Authorization: Bearer <token>'")
+    auth = ctx.services.auth
     try:
         claims: SessionClaims | UserClaims = auth.verify_session(token)
     except TokenError:
@@ -124,42 +50,7 @@ def check_owner(claims: SessionClaims | UserClaims, owner: uuid.UUID | str) -> N
         fail(403, "forbidden", "this session belongs to someone else")
 
 
-# ---- handlers ------------------------------------------------------------------------------------------
-
-
-class GuestIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    display_name: Annotated[str, Field(min_length=1, max_length=80)]
-
-
-@routes.post("/api/auth/guest")
-async def guest_login(request: web.Request) -> web.Response:
-    s = request.app[SERVICES]
-    data: GuestIn = await body(request, GuestIn)
-    uid = await pg.create_guest(s.pool, data.display_name.strip() or "guest")
-    token = s.auth.user_token(uid, Role.STUDENT, s.settings.user_token_ttl_s)
-    return web.json_response({"user_id": str(uid), "token": token}, status=201)
-
-
-@routes.get("/api/templates")
-async def templates(request: web.Request) -> web.Response:
-    rows = await pg.list_templates(request.app[SERVICES].pool)
-    out = [
-        {
-            "id": r["id"],
-            "slug": r["slug"],
-            "name": r["name"],
-            "bank": r["bank"],
-            "questions": r["config"]["count"],
-            "duration_s": r["config"]["duration_s"],
-        }
-        for r in rows
-    ]
-    return web.json_response({"templates": out})
-
-
-class StartIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StartIn(Strict):
     template_id: Annotated[int, Field(strict=True, ge=1, le=2**63 - 1)]
 
 
@@ -169,11 +60,22 @@ def ws_url(services: Services, token: str) -> str:
     return f"{scheme}://{base.split('://', 1)[1]}/ws/student?token={token}"
 
 
-@routes.post("/api/sessions")
-async def start_session(request: web.Request) -> web.Response:
-    s = request.app[SERVICES]
-    user = require_user(request)
-    data: StartIn = await body(request, StartIn)
+class StartOut(BaseModel):
+    session_id: str
+    token: str
+    ws_url: str
+    status: str
+    template: dict[str, Any]
+    questions: int
+    duration_s: int
+
+
+@api.post("/api/sessions", body=StartIn, response=StartOut, roles=ANY_USER, status=201)
+async def start_session(ctx: Ctx[StartIn, None]) -> StartOut:
+    """Start a session from a template: draws the paper, returns the session token and WebSocket URL."""
+    s = ctx.services
+    user = ctx.me
+    data = ctx.body
     found = await s.catalog.template(data.template_id)
     if found is None:
         fail(404, "template_not_found", f"template {data.template_id} does not exist or is archived")
@@ -189,25 +91,23 @@ async def start_session(request: web.Request) -> web.Response:
     token, token_id = s.auth.session_token(sid, user.user_id, ttl)
     await pg.insert_session(s.pool, sid, token_id, user.user_id, template.id, paper)
     await s.store.create(sid, str(user.user_id), template, paper, wall_ms())
-    return web.json_response(
-        {
-            "session_id": sid,
-            "token": token,
-            "ws_url": ws_url(s, token),
-            "status": "created",
-            "template": {"id": template.id, "name": template.name},
-            "questions": len(paper.question_ids),
-            "duration_s": template.duration_ms // 1000,
-        },
-        status=201,
+    return StartOut(
+        session_id=sid,
+        token=token,
+        ws_url=ws_url(s, token),
+        status="created",
+        template={"id": template.id, "name": template.name},
+        questions=len(paper.question_ids),
+        duration_s=template.duration_ms // 1000,
     )
 
 
-@routes.get("/api/sessions/{sid}")
-async def progress(request: web.Request) -> web.Response:
-    s = request.app[SERVICES]
-    sid = request.match_info["sid"]
-    claims = session_access(request, sid)
+@api.get("/api/sessions/{sid}", roles=PUBLIC)
+async def progress(ctx: Ctx[None, None]) -> web.Response:
+    """A session's progress (session token, or a user token of its owner or of staff)."""
+    s = ctx.services
+    sid = ctx.path_str("sid")
+    claims = session_access(ctx, sid)
     stored = await s.store.load(sid)
     if stored is not None:
         st = stored.state
@@ -253,11 +153,12 @@ def _review_item(q: Question, order: tuple[str, ...], choice: str | None, marks:
     return view
 
 
-@routes.get("/api/sessions/{sid}/result")
-async def result(request: web.Request) -> web.Response:
-    s = request.app[SERVICES]
-    sid = request.match_info["sid"]
-    claims = session_access(request, sid)
+@api.get("/api/sessions/{sid}/result", roles=PUBLIC)
+async def result(ctx: Ctx[None, None]) -> web.Response:
+    """The result once the attempt has ended: score, per-topic breakdown, correct answers, explanations."""
+    s = ctx.services
+    sid = ctx.path_str("sid")
+    claims = session_access(ctx, sid)
     row = await pg.fetch_session(s.pool, sid)
     if row is None:
         fail(404, "session_not_found", "no such session")
@@ -306,8 +207,3 @@ async def result(request: web.Request) -> web.Response:
             "questions": items,
         }
     )
-
-
-@routes.get("/healthz")
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})

@@ -1,0 +1,167 @@
+"""Test templates: which questions, how long, how marked, how strict about cheating."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import asyncpg
+from pydantic import BaseModel, Field
+
+from server.api import ADMIN, Ctx, Strict, fail
+from server.routes import api
+from sessions.paper import PaperError, draw_paper
+from storage import pg
+
+Slug = Annotated[str, Field(min_length=2, max_length=60, pattern=r"^[a-z0-9][a-z0-9-]*$")]
+Topic = Annotated[str, Field(min_length=1, max_length=60, pattern=r"^[a-z0-9][a-z0-9-]*$")]
+
+
+class MixIn(Strict):
+    easy: Annotated[float, Field(ge=0, le=1000)] = 0.3
+    medium: Annotated[float, Field(ge=0, le=1000)] = 0.5
+    hard: Annotated[float, Field(ge=0, le=1000)] = 0.2
+
+
+class SchemeIn(Strict):
+    correct: Annotated[int, Field(ge=1, le=100)] = 4
+    wrong: Annotated[int, Field(ge=-100, le=0)] = -1
+    skipped: Annotated[int, Field(ge=-100, le=100)] = 0
+
+
+class PolicyIn(Strict):
+    warn_at: Annotated[int, Field(ge=1, le=1000)] | None = 1
+    flag_at: Annotated[int, Field(ge=1, le=1000)] | None = 3
+    submit_at: Annotated[int, Field(ge=1, le=1000)] | None = 6
+
+
+class TemplateConfig(Strict):
+    count: Annotated[int, Field(ge=1, le=500)]
+    topics: Annotated[list[Topic], Field(max_length=100, default_factory=list)]
+    mix: MixIn = MixIn()
+    duration_s: Annotated[int, Field(ge=60, le=24 * 3600)]
+    grace_s: Annotated[int, Field(ge=0, le=60)] = 5
+    scheme: SchemeIn = SchemeIn()
+    policy: PolicyIn = PolicyIn()
+    shuffle_questions: bool = True
+    shuffle_options: bool = True
+
+
+class TemplateIn(Strict):
+    slug: Slug
+    name: Annotated[str, Field(min_length=1, max_length=120)]
+    bank_id: Annotated[int, Field(ge=1, le=2**63 - 1)]
+    config: TemplateConfig
+
+
+class TemplateUpdate(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=120)]
+    config: TemplateConfig
+
+
+class TemplateOut(BaseModel):
+    id: int
+    slug: str
+    name: str
+    bank_id: int
+    bank: str
+    status: str
+    questions: int
+    duration_s: int
+    config: dict[str, Any]
+
+
+class TemplateList(BaseModel):
+    templates: list[TemplateOut]
+
+
+def _out(row: Any) -> TemplateOut:
+    cfg = row["config"]
+    fields = {k: row[k] for k in ("id", "slug", "name", "bank_id", "bank", "status")}
+    return TemplateOut(**fields, questions=cfg["count"], duration_s=cfg["duration_s"], config=cfg)
+
+
+async def _check_satisfiable(
+    ctx: Ctx[Any, Any], template_id: int, name: str, bank_id: int, cfg: TemplateConfig
+) -> None:
+    """Reject a rule or a policy the domain refuses, or a bank too small for the rule (422)."""
+    try:
+        template = pg.template_from_config(template_id, name, cfg.model_dump())
+    except ValueError as exc:
+        fail(422, "invalid_body", f"config: {exc}")
+    bank = await pg.fetch_bank_questions(ctx.services.pool, bank_id)
+    if not bank and not await ctx.services.pool.fetchval("SELECT 1 FROM question_banks WHERE id = $1", bank_id):
+        fail(422, "invalid_body", f"bank_id: no bank {bank_id}")
+    try:
+        draw_paper(bank, template.rule, seed="check")
+    except PaperError as exc:
+        fail(422, "template_unsatisfiable", str(exc))
+
+
+_SELECT = """SELECT t.id, t.slug, t.name, t.bank_id, b.slug AS bank, t.status, t.config
+               FROM test_templates t JOIN question_banks b ON b.id = t.bank_id"""
+
+
+@api.get("/api/templates", response=TemplateList)
+async def list_templates(ctx: Ctx[None, None]) -> TemplateList:
+    """Active templates (public: no answer keys in them)."""
+    rows = await ctx.services.pool.fetch(f"{_SELECT} WHERE t.status = 'active' ORDER BY t.id")
+    return TemplateList(templates=[_out(r) for r in rows])
+
+
+@api.get(r"/api/templates/{id:\d+}", response=TemplateOut)
+async def get_template(ctx: Ctx[None, None]) -> TemplateOut:
+    """One template, archived ones included."""
+    row = await ctx.services.pool.fetchrow(f"{_SELECT} WHERE t.id = $1", ctx.path_int("id"))
+    if row is None:
+        fail(404, "template_not_found", "no such template")
+    return _out(row)
+
+
+@api.post("/api/templates", body=TemplateIn, response=TemplateOut, roles=ADMIN, status=201)
+async def create_template(ctx: Ctx[TemplateIn, None]) -> TemplateOut:
+    """Create a template over a bank; the bank must be able to satisfy its rule."""
+    b = ctx.body
+    await _check_satisfiable(ctx, 0, b.name, b.bank_id, b.config)
+    try:
+        new_id = await ctx.services.pool.fetchval(
+            "INSERT INTO test_templates (slug, name, bank_id, config) VALUES ($1, $2, $3, $4) RETURNING id",
+            b.slug, b.name, b.bank_id, b.config.model_dump(),
+        )  # fmt: skip
+    except asyncpg.UniqueViolationError:
+        fail(409, "conflict", f"a template with slug {b.slug!r} exists")
+    return await get_template_by_id(ctx, new_id)
+
+
+async def get_template_by_id(ctx: Ctx[Any, Any], template_id: int) -> TemplateOut:
+    row = await ctx.services.pool.fetchrow(f"{_SELECT} WHERE t.id = $1", template_id)
+    assert row is not None
+    return _out(row)
+
+
+@api.put(r"/api/templates/{id:\d+}", body=TemplateUpdate, response=TemplateOut, roles=ADMIN)
+async def update_template(ctx: Ctx[TemplateUpdate, None]) -> TemplateOut:
+    """Replace a template's name and config. Sessions already started keep the rules they started with."""
+    tid = ctx.path_int("id")
+    bank_id = await ctx.services.pool.fetchval("SELECT bank_id FROM test_templates WHERE id = $1", tid)
+    if bank_id is None:
+        fail(404, "template_not_found", "no such template")
+    await _check_satisfiable(ctx, tid, ctx.body.name, bank_id, ctx.body.config)
+    await ctx.services.pool.execute(
+        "UPDATE test_templates SET name = $2, config = $3, updated_at = now() WHERE id = $1",
+        tid, ctx.body.name, ctx.body.config.model_dump(),
+    )  # fmt: skip
+    ctx.services.catalog.invalidate()
+    return await get_template_by_id(ctx, tid)
+
+
+@api.delete(r"/api/templates/{id:\d+}", response=TemplateOut, roles=ADMIN)
+async def archive_template(ctx: Ctx[None, None]) -> TemplateOut:
+    """Archive a template: no new sessions; history and analytics stay."""
+    tid = ctx.path_int("id")
+    done = await ctx.services.pool.execute(
+        "UPDATE test_templates SET status = 'archived', updated_at = now() WHERE id = $1", tid
+    )
+    if done.endswith(" 0"):
+        fail(404, "template_not_found", "no such template")
+    ctx.services.catalog.invalidate()
+    return await get_template_by_id(ctx, tid)
