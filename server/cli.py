@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from server.settings import Settings, SettingsError
 
@@ -144,10 +145,20 @@ async def _seed(settings: Settings) -> None:
         await pool.close()
 
 
-def _run(coro: object) -> None:
+def _run(coro: Any) -> Any:
     import uvloop
 
-    uvloop.run(coro)  # type: ignore[arg-type]
+    return uvloop.run(coro)
+
+
+def _register_commands(sub: Any) -> None:
+    import importlib
+    import pkgutil
+
+    import server.commands
+
+    for info in sorted(pkgutil.iter_modules(server.commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"server.commands.{info.name}").register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     sitp.add_argument("--name", default="Terminal student")
     sitp.add_argument("--auto", action="store_true", help="answer at random, without asking")
     sitp.add_argument("--msgpack", action="store_true", help="speak msgpack instead of JSON")
+    _register_commands(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every initdb/pg_ctl line at INFO
@@ -186,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
                                    ("data_dir", getattr(args, "data_dir", None))) if v is not None}  # fmt: skip
     settings = settings.with_(**overrides)
     with resolved(settings) as ready:
+        if hasattr(args, "run"):
+            code: int = _run(args.run(ready, args))
+            return code
         if args.command == "migrate":
             _run(_migrate(ready))
         elif args.command == "seed":

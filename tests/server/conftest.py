@@ -116,3 +116,19 @@ async def start(client: TestClient[Any, Any], template_id: int, user_token: str 
 async def student(client: TestClient[Any, Any], template_id: int, binary: bool = False) -> Student:
     started = await start(client, template_id)
     return Student(client, started["token"], started["session_id"], binary)
+
+
+async def token_for(client: TestClient[Any, Any], role: str, tier: str = "enrolled") -> str:
+    """A user of that role, created directly, and a token for it."""
+    import secrets
+
+    from server.auth import Role
+    from storage import users as repo
+
+    s = services(client)
+    user = await repo.create_user(s.pool, f"{role}-{secrets.token_hex(4)}", None, role, tier=tier, role=role)
+    return s.auth.user_token(user.id, Role(role), 3600)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
