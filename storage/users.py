@@ -97,7 +97,9 @@ async def authenticate(pool: pg.Pool, username: str, password: str) -> User | No
     ok = await check_password(password, stored)
     if row is None or not ok or row["disabled"]:
         return None
-    return _user({k: row[k] for k in row if k != "password_hash"})
+    fields = dict(row)
+    del fields["password_hash"]
+    return _user(fields)
 
 
 async def record_login(
