@@ -19,8 +19,12 @@ async def bank_id(client: TestClient[Any, Any]) -> int:
 async def test_template_lifecycle(client: TestClient[Any, Any]) -> None:
     admin = await token_for(client, "admin")
     slug = f"t-{secrets.token_hex(4)}"
-    body = {"slug": slug, "name": "Genetics and ecology", "bank_id": await bank_id(client),
-            "config": config(scheme={"correct": 3, "wrong": -1}, policy={"warn_at": 2, "flag_at": None})}  # fmt: skip
+    body = {
+        "slug": slug,
+        "name": "Genetics and ecology",
+        "bank_id": await bank_id(client),
+        "config": config(scheme={"correct": 3, "wrong": -1}, policy={"warn_at": 2, "flag_at": None}),
+    }
     r = await client.post("/api/templates", json=body, headers=bearer(admin))
     created = await r.json()
     assert r.status == 201 and created["slug"] == slug and created["questions"] == 5
@@ -34,8 +38,9 @@ async def test_template_lifecycle(client: TestClient[Any, Any]) -> None:
     stored = await services(client).store.load(started["session_id"])
     assert stored is not None and stored.scheme.correct == 3 and stored.state.policy.flag_at is None
 
-    r = await client.put(f"/api/templates/{tid}", json={"name": "Renamed", "config": config(count=6)},
-                         headers=bearer(admin))  # fmt: skip
+    r = await client.put(
+        f"/api/templates/{tid}", json={"name": "Renamed", "config": config(count=6)}, headers=bearer(admin)
+    )
     assert r.status == 200 and (await r.json())["questions"] == 6
     assert (await start(client, tid))["questions"] == 6
 
@@ -64,12 +69,18 @@ async def test_template_validation(client: TestClient[Any, Any]) -> None:
         ({"count": 5, "duration_s": 300, "topics": ["astrology"]}, 422, "template_unsatisfiable"),
     ]
     for cfg, status, code in cases:
-        r = await client.post("/api/templates", headers=bearer(admin),
-                              json={"slug": f"v-{secrets.token_hex(4)}", "name": "x", "bank_id": bank, "config": cfg})  # fmt: skip
+        r = await client.post(
+            "/api/templates",
+            headers=bearer(admin),
+            json={"slug": f"v-{secrets.token_hex(4)}", "name": "x", "bank_id": bank, "config": cfg},
+        )
         body = await r.json()
         assert (r.status, body["error"]) == (status, code), (cfg, body)
-    r = await client.post("/api/templates", headers=bearer(admin),
-                          json={"slug": "no-bank", "name": "x", "bank_id": 999_999, "config": config()})  # fmt: skip
+    r = await client.post(
+        "/api/templates",
+        headers=bearer(admin),
+        json={"slug": "no-bank", "name": "x", "bank_id": 999_999, "config": config()},
+    )
     assert r.status == 422
     assert (await client.get("/api/templates/999999")).status == 404
     assert (await client.get("/api/templates/99999999999999999999")).status == 404
