@@ -79,7 +79,9 @@ async def _serve(settings: Settings, banner: bool) -> None:
     print(f"examhub: serving on http://{settings.host}:{settings.port}", flush=True)
     if banner:
         templates = await _template_lines(app[SERVICES])
-        print(_BANNER.format(url=settings.base_url, templates=templates), flush=True)
+        secret_file = settings.data_dir / "admin-password"
+        admin = secret_file.read_text().strip() if secret_file.exists() else "(see examhub user add)"
+        print(_BANNER.format(url=settings.base_url, templates=templates, admin=admin), flush=True)
     await stop.wait()
     print("examhub: shutting down", flush=True)
     await runner.cleanup()
@@ -108,6 +110,11 @@ Or by hand with curl and any WebSocket client:
          -d '{{"template_id": 1}}'
     # connect to the returned ws_url and send {{"type":"answer","seq":1,"q":<id>,"choice":"a"}} (docs/protocol.md)
 
+Administer (templates, users, questions, analytics): log in as admin / {admin}
+    curl -s -XPOST {url}/api/auth/login -H 'Content-Type: application/json' \
+         -d '{{"username":"admin","password":"{admin}"}}'
+The whole REST API is described at {url}/api/openapi.json
+
 Stop with Ctrl-C.
 """
 
@@ -126,8 +133,9 @@ async def _migrate(settings: Settings) -> None:
         await pool.close()
 
 
-async def _seed(settings: Settings) -> None:
+async def _seed(settings: Settings, admin: bool = False) -> None:
     from storage import pg
+    from storage import users as repo
     from storage.migrate import migrate
     from storage.seed import seed_demo
 
@@ -141,6 +149,16 @@ async def _seed(settings: Settings) -> None:
             f"examhub: demo bank {report.bank_id}: {report.questions} questions ({report.new_questions} new); "
             f"templates: {', '.join(f'{k} (id {v})' for k, v in report.templates.items())}"
         )
+        if admin:  # the demo's administrator; its password is kept in the data folder
+            path = settings.data_dir / "admin-password"
+            if not path.exists():
+                password = secrets.token_urlsafe(12)
+                try:
+                    await repo.create_user(pool, "admin", password, "Demo admin", role="admin", tier="enrolled")
+                    path.write_text(password)
+                    path.chmod(0o600)
+                except repo.UserExists:
+                    print("examhub: a user 'admin' exists already; its password is not in the data folder")
     finally:
         await pool.close()
 
@@ -208,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "serve":
             _run(_serve(ready, banner=False))
         elif args.command == "demo":
-            _run(_seed(ready))
+            _run(_seed(ready, admin=True))
             _run(_serve(ready, banner=True))
     return 0
 

@@ -3,11 +3,13 @@ PostgreSQL and Redis, seeds the demo bank, serves, and a student can sit a test 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from storage.embedded import free_port
@@ -36,6 +38,15 @@ def test_demo_with_embedded_services_serves_a_whole_exam(tmp_path: Path) -> None
         assert sit.returncode == 0, sit.stdout + sit.stderr
         assert "Submitted (student): score" in sit.stdout
         assert "10 questions" in sit.stdout
+        password = (tmp_path / "data" / "admin-password").read_text()
+        assert f"log in as admin / {password}" in text
+        login = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/auth/login",
+            data=json.dumps({"username": "admin", "password": password}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(login, timeout=10) as r:  # noqa: S310 - our own local hub
+            assert json.load(r)["role"] == "admin"
     finally:
         demo.send_signal(signal.SIGTERM)
         try:
