@@ -1,0 +1,330 @@
+"""Platform and template analytics: global figures, topics, item analysis, reliability, leaderboards,
+an attempt's rank and percentile, and the periodic reports."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from server.api import ANY_USER, STAFF, Ctx, Strict, fail
+from server.routes import api
+from server.routes.sessions import SESSION_ID
+from sessions import stats
+from storage import analytics
+
+TEMPLATE = r"/api/templates/{id:\d+}"
+Id = Annotated[int, Field(ge=1, le=2**63 - 1)]
+
+
+async def _template(ctx: Ctx[Any, Any]) -> int:
+    tid = ctx.path_int("id")
+    if await analytics.template_row(ctx.services.pool, tid) is None:
+        fail(404, "template_not_found", f"template {tid} does not exist")
+    return tid
+
+
+# ---- global and topics -----------------------------------------------------------------------------------
+
+
+class GlobalOut(BaseModel):
+    users: int
+    sessions: int
+    sessions_live: int  # running now (they have a deadline in Redis)
+    attempts: int
+    attempts_24h: int
+    average_score: float | None
+    average_percent: float | None
+    questions: int
+    templates: int
+
+
+@api.get("/api/analytics/global", response=GlobalOut, roles=ANY_USER, tag="analytics")
+async def global_analytics(ctx: Ctx[None, None]) -> GlobalOut:
+    """Platform figures: users, sessions (live ones too), attempts, average score, questions."""
+    s = ctx.services
+    return GlobalOut(**await analytics.global_stats(s.pool, s.redis, s.store.keys, datetime.now(UTC)))
+
+
+class TopicsQuery(Strict):
+    template_id: Id | None = None
+    days: Annotated[int, Field(ge=1, le=3650)] | None = None  # only attempts finished in the last N days
+
+
+class TopicStatOut(BaseModel):
+    topic: str
+    attempts: int
+    seen: int  # responses, skipped included
+    answered: int
+    correct: int
+    accuracy: float | None  # correct / answered
+    facility: float | None  # correct / seen
+    avg_time_ms: float | None  # per answered question
+
+
+class TopicsOut(BaseModel):
+    topics: list[TopicStatOut]
+
+
+@api.get("/api/analytics/topics", query=TopicsQuery, response=TopicsOut, roles=STAFF, tag="analytics")
+async def topic_analytics(ctx: Ctx[None, TopicsQuery]) -> TopicsOut:
+    """Per topic, over stored responses: attempts, accuracy, average time."""
+    q = ctx.query
+    since = datetime.now(UTC) - timedelta(days=q.days) if q.days else None
+    rows = await analytics.topic_stats(ctx.services.pool, q.template_id, since)
+    return TopicsOut(
+        topics=[
+            TopicStatOut(**dict(r), accuracy=r["correct"] / r["answered"] if r["answered"] else None,
+                         facility=r["correct"] / r["seen"] if r["seen"] else None)
+            for r in rows
+        ]
+    )  # fmt: skip
+
+
+# ---- item analysis and reliability -----------------------------------------------------------------------
+
+
+class ItemQuery(Strict):
+    attempts: Annotated[int, Field(ge=1, le=20_000)] = 2000  # the most recent attempts analysed
+    min_n: Annotated[int, Field(ge=1, le=10_000)] = 10  # attempts an item needs before it is flagged
+    flagged_only: bool = False
+
+
+class OptionOut(BaseModel):
+    option: str
+    count: int
+    upper: int  # chosen by this many of the top 27% of attempts
+    lower: int
+    is_key: bool
+
+
+class ItemOut(BaseModel):
+    question_id: int
+    topic: str | None
+    difficulty: str | None
+    key: str | None
+    n: int
+    facility: float
+    discrimination: float | None
+    upper_lower: float | None
+    skipped: int
+    options: list[OptionOut]
+    flags: list[str]
+
+
+class ItemAnalysisOut(BaseModel):
+    template_id: int
+    attempts: int
+    items: int
+    flagged: int
+    min_n: int
+    method: str
+    flag_rules: dict[str, str]
+    questions: list[ItemOut]
+
+
+ITEM_METHOD = (
+    "Per question, over the analysed attempts whose paper had it. Facility: proportion correct (skipped counts "
+    "as wrong). Discrimination: corrected item-total correlation, Pearson's r between the item's 0/1 and the "
+    "attempt's number correct on its other items. Upper/lower: the top and bottom 27% of those attempts by "
+    "number correct; upper_lower is the difference of their facilities."
+)
+
+
+@api.get(f"{TEMPLATE}/item-analysis", query=ItemQuery, response=ItemAnalysisOut, roles=STAFF, tag="analytics")
+async def item_analysis(ctx: Ctx[None, ItemQuery]) -> ItemAnalysisOut:
+    """Classical item analysis of a template's attempts: facility, discrimination, distractors, flags."""
+    tid = await _template(ctx)
+    q, pool = ctx.query, ctx.services.pool
+    responses = await analytics.template_responses(pool, tid, q.attempts)
+    meta = await analytics.question_meta(pool, list({r.item for r in responses}))
+    keys = {i: m["correct"] for i, m in meta.items()}
+    options = {i: [o["id"] for o in m["options"]] for i, m in meta.items()}
+    items = stats.item_analysis(responses, keys, options, min_n=q.min_n)
+    out = [
+        ItemOut(
+            question_id=s.item, topic=meta[s.item]["topic"] if s.item in meta else None,
+            difficulty=meta[s.item]["difficulty"] if s.item in meta else None, key=keys.get(s.item), n=s.n,
+            facility=s.facility, discrimination=s.discrimination, upper_lower=s.upper_lower, skipped=s.skipped,
+            options=[OptionOut(option=o.option, count=o.count, upper=o.upper, lower=o.lower, is_key=o.is_key)
+                     for o in s.options],
+            flags=list(s.flags),
+        )
+        for s in items
+        if s.flags or not q.flagged_only
+    ]  # fmt: skip
+    return ItemAnalysisOut(
+        template_id=tid,
+        attempts=len({r.attempt for r in responses}),
+        items=len(items),
+        flagged=sum(1 for s in items if s.flags),
+        min_n=q.min_n,
+        method=ITEM_METHOD,
+        flag_rules=stats.FLAG_RULES,
+        questions=out,
+    )
+
+
+class ReliabilityQuery(Strict):
+    attempts: Annotated[int, Field(ge=2, le=20_000)] = 2000
+
+
+class ReliabilityOut(BaseModel):
+    template_id: int
+    attempts: int
+    kr20: float | None
+    common_items: int
+    common_mean: float | None
+    common_variance: float | None
+    kr21: float | None
+    paper_length: int
+    paper_attempts: int
+    paper_mean: float | None
+    paper_variance: float | None
+    method: str
+
+
+RELIABILITY_METHOD = (
+    "Students draw different papers from the bank, so there is no single attempts x items matrix. kr20 is "
+    "computed on the questions common to every analysed attempt (the whole paper when it is fixed; none, and so "
+    "null, when papers are drawn at random); common_mean/variance are of the number correct on those. kr21 "
+    "needs only each attempt's number correct and the paper length, so it covers random papers: it is computed "
+    "over the attempts whose paper has the most common length, assumes equally hard items, and is a lower bound "
+    "of KR-20. Variances divide by n."
+)
+
+
+@api.get(f"{TEMPLATE}/reliability", query=ReliabilityQuery, response=ReliabilityOut, roles=STAFF, tag="analytics")
+async def reliability(ctx: Ctx[None, ReliabilityQuery]) -> ReliabilityOut:
+    """Internal consistency of a template's attempts: KR-20 on common items, KR-21 on whole papers."""
+    tid = await _template(ctx)
+    responses = await analytics.template_responses(ctx.services.pool, tid, ctx.query.attempts)
+    matrix: dict[str, dict[int, int]] = {}
+    for r in responses:
+        matrix.setdefault(r.attempt, {})[r.item] = int(r.correct)
+    rel = stats.reliability(matrix)
+    return ReliabilityOut(
+        template_id=tid, attempts=rel.attempts, kr20=rel.kr20, common_items=rel.common_items,
+        common_mean=rel.common_mean, common_variance=rel.common_variance, kr21=rel.kr21,
+        paper_length=rel.paper_length, paper_attempts=rel.paper_attempts, paper_mean=rel.paper_mean,
+        paper_variance=rel.paper_variance, method=RELIABILITY_METHOD,
+    )  # fmt: skip
+
+
+# ---- leaderboard and rank --------------------------------------------------------------------------------
+
+
+class LeaderboardQuery(Strict):
+    period: analytics.Period = "all"
+    limit: Annotated[int, Field(ge=1, le=100)] = 10
+
+
+class LeaderOut(BaseModel):
+    rank: int  # equal scores share a rank
+    display_name: str
+    score: int
+    is_me: bool
+
+
+class LeaderboardOut(BaseModel):
+    template_id: int
+    period: str
+    board: str  # "all", the UTC day (2024-03-06) or the ISO week (2024-W10)
+    entries: list[LeaderOut]
+    me: LeaderOut | None  # the caller's own place, when on this board
+
+
+@api.get(f"{TEMPLATE}/leaderboard", query=LeaderboardQuery, response=LeaderboardOut, roles=ANY_USER,
+         tag="analytics")  # fmt: skip
+async def leaderboard(ctx: Ctx[None, LeaderboardQuery]) -> LeaderboardOut:
+    """Each user's best score on a template: all time, today (UTC) or this ISO week."""
+    tid = await _template(ctx)
+    s, q = ctx.services, ctx.query
+    now = datetime.now(UTC)
+    prefix = s.settings.redis_prefix
+    await analytics.ensure_boards(s.redis, s.pool, prefix, tid, now)
+    b = analytics.board(prefix, tid, q.period, now)
+    me = str(ctx.me.user_id)
+    top, mine = await analytics.read_board(s.redis, b, q.limit, me=me)
+    names = await analytics.display_names(s.pool, [e.user_id for e in top] + [me])
+
+    def out(e: analytics.BoardEntry) -> LeaderOut:
+        return LeaderOut(rank=e.rank, display_name=names.get(e.user_id, ""), score=e.score, is_me=e.user_id == me)
+
+    return LeaderboardOut(template_id=tid, period=q.period, board=b.key.rsplit(":", 1)[-1],
+                          entries=[out(e) for e in top], me=out(mine) if mine else None)  # fmt: skip
+
+
+class RankOut(BaseModel):
+    session_id: str
+    template_id: int
+    score: int
+    max_score: int
+    rank: int
+    percentile: float
+    candidates: int
+    definition: str
+
+
+RANK_DEFINITION = (
+    "Over every stored attempt of the template: rank = 1 + attempts with a strictly higher score (equal scores "
+    "share a rank; no tie-breaking); percentile = 100 x attempts scoring at most this / all attempts, to 7 "
+    "decimals (NTA's percentile score)."
+)
+
+
+@api.get("/api/sessions/{sid}/rank", response=RankOut, roles=ANY_USER, tag="analytics")
+async def rank(ctx: Ctx[None, None]) -> RankOut:
+    """An attempt's NEET-style rank and percentile among its template's attempts (own attempt, or staff)."""
+    sid = ctx.path_str("sid")
+    if not SESSION_ID.match(sid):
+        fail(404, "session_not_found", "no such session")
+    pool = ctx.services.pool
+    row = await analytics.attempt_standing(pool, sid)
+    owner = row["user_id"] if row else await analytics.session_owner(pool, sid)
+    if owner is None:
+        fail(404, "session_not_found", "no such session")
+    if owner != ctx.me.user_id and ctx.me.role not in STAFF:
+        fail(403, "forbidden", "this session belongs to someone else")
+    if row is None:
+        fail(409, "not_stored", "the rank is available once the attempt has ended and been stored")
+    st = stats.standing(row["higher"], row["at_or_below"])
+    return RankOut(session_id=sid, template_id=row["template_id"], score=row["score"], max_score=row["max_score"],
+                   rank=st.rank, percentile=st.percentile, candidates=st.total, definition=RANK_DEFINITION)  # fmt: skip
+
+
+# ---- reports ---------------------------------------------------------------------------------------------
+
+ReportKind = Literal["template_daily", "template_weekly", "user_daily", "user_weekly"]
+
+
+class ReportsQuery(Strict):
+    template_id: Id | None = None
+    user_id: uuid.UUID | None = None
+    kind: ReportKind | None = None
+    limit: Annotated[int, Field(ge=1, le=200)] = 20
+
+
+class ReportOut(BaseModel):
+    id: int
+    kind: str
+    user_id: uuid.UUID | None
+    template_id: int | None
+    period_start: datetime
+    period_end: datetime
+    body: dict[str, Any]
+    created_at: datetime
+
+
+class ReportsOut(BaseModel):
+    reports: list[ReportOut]
+
+
+@api.get("/api/reports", query=ReportsQuery, response=ReportsOut, roles=STAFF, tag="analytics")
+async def reports(ctx: Ctx[None, ReportsQuery]) -> ReportsOut:
+    """Periodic performance reports written by `examhub report`, newest period first."""
+    q = ctx.query
+    rows = await analytics.list_reports(ctx.services.pool, q.template_id, q.user_id, q.kind, q.limit)
+    return ReportsOut(reports=[ReportOut(**dict(r)) for r in rows])
