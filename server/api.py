@@ -145,7 +145,7 @@ class Endpoint:
     raw_body: str | None  # a non-JSON request body this endpoint accepts (e.g. "text/csv")
 
 
-_PARAM = re.compile(r"\{(\w+)(?::([^}]+))?\}")
+_PARAM = re.compile(r"\{(\w+)(?::((?:[^{}]|\{[^{}]*\})+))?\}")  # {name} or {name:regex}, regex may hold {m,n}
 
 
 def _validate_body(raw: bytes, model: type[BaseModel]) -> BaseModel:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -15,18 +16,21 @@ from redis.asyncio.cluster import RedisCluster
 
 from server import api as api_edge
 from server import routes
-from server.auth import Auth
+from server.auth import Auth, TokenError
 from server.closecodes import Close
 from server.hub import Hub, student_ws
+from server.metrics import Metrics
 from server.services import SERVICES, Services
 from server.settings import Durability, Settings
 from storage import pg
+from storage.cache import TieredCache
 from storage.catalog import Catalog
 from storage.durability import redis_problems
 from storage.errors import UnsafeRedisConfig
 from storage.flusher import Flusher
 from storage.keys import Keys
 from storage.migrate import migrate
+from storage.ratelimit import Limit, RedisLimiter
 from storage.scripts import AnyRedis, Scripts
 from storage.session_store import RedisSessionStore
 from storage.sweeper import Sweeper
@@ -35,16 +39,16 @@ from storage.writer import CoalescingWriter
 log = logging.getLogger(__name__)
 
 
-def connect_redis(settings: Settings) -> AnyRedis:
+def connect_redis(settings: Settings, *, decode: bool = True) -> AnyRedis:
     assert settings.redis_url is not None
     timeout = settings.redis_timeout_s
     if settings.redis_cluster:
         return RedisCluster.from_url(
-            settings.redis_url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout
+            settings.redis_url, decode_responses=decode, socket_timeout=timeout, socket_connect_timeout=timeout
         )
     return Redis.from_url(
         settings.redis_url,
-        decode_responses=True,
+        decode_responses=decode,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=30,
@@ -75,6 +79,8 @@ async def open_services(settings: Settings) -> Services:
         raise ValueError("open_services needs database_url, redis_url and secret (the CLI fills them in)")
     pool = await pg.create_pool(settings.database_url, settings.pg_pool_min, settings.pg_pool_max)
     redis: AnyRedis | None = None
+    cache_redis: AnyRedis | None = None
+    metrics = Metrics()
     try:
         async with pool.acquire() as conn:
             await migrate(conn)
@@ -96,17 +102,23 @@ async def open_services(settings: Settings) -> Services:
         flusher = Flusher(
             redis, pool, store, scripts, catalog, consumer,
             batch=settings.flush_batch, claim_idle_ms=settings.flush_claim_idle_ms,
-            flushed_ttl_s=settings.flushed_ttl_s,
+            flushed_ttl_s=settings.flushed_ttl_s, observer=metrics,
         )  # fmt: skip
         await flusher.ensure_groups()
         sweeper = Sweeper(redis, store, settings.sweep_interval_s)
+        cache_redis = connect_redis(settings, decode=False)
+        cache = TieredCache(cache_redis, settings.redis_prefix, warm_ttl_s=settings.cache_warm_ttl_s, observer=metrics)
     except BaseException:
-        if redis is not None:
-            await redis.aclose()
+        for client in (redis, cache_redis):
+            if client is not None:
+                await client.aclose()
         await pool.close()
         raise
     auth = Auth(settings.secret)
-    return Services(settings, auth, pool, redis, writer, store, catalog, flusher, sweeper, Hub())
+    return Services(
+        settings, auth, pool, redis, writer, store, catalog, flusher, sweeper, Hub(metrics),
+        metrics=metrics, cache=cache, cache_redis=cache_redis, limiter=RedisLimiter(redis, settings.redis_prefix),
+    )  # fmt: skip
 
 
 async def close_services(services: Services) -> None:
@@ -115,7 +127,40 @@ async def close_services(services: Services) -> None:
     await asyncio.gather(*services.tasks, return_exceptions=True)
     await services.writer.close()
     await services.redis.aclose()
+    await services.cache_redis.aclose()
     await services.pool.close()
+
+
+_UNLIMITED = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes must always get through
+
+
+@web.middleware
+async def rate_limit(request: web.Request, handler: api_edge.Handler) -> web.StreamResponse:
+    """GCRA per client IP (the student WebSocket handshake included: it is an HTTP GET) and per user (a valid
+    bearer token's subject; an invalid token counts against its IP only). 429 with Retry-After when refused.
+    Fails open when Redis does not answer (storage/ratelimit.py)."""
+    if request.path in _UNLIMITED:
+        return await handler(request)
+    services = request.app[SERVICES]
+    settings = services.settings
+    limits: list[Limit] = []
+    if settings.rate_rest_ip is not None and request.remote:
+        limits.append(Limit("ip", request.remote, settings.rate_rest_ip))
+    token = api_edge.bearer(request)
+    if token is not None and settings.rate_rest_user is not None:
+        with contextlib.suppress(TokenError):
+            limits.append(Limit("user", str(services.auth.verify_user(token).user_id), settings.rate_rest_user))
+    refused = await services.limiter.check(limits)
+    if refused is None:
+        return await handler(request)
+    limit, verdict = refused
+    services.metrics.refused(limit.scope)
+    retry_s = max(1, math.ceil(verdict.retry_after_ms / 1000))
+    return web.json_response(
+        {"error": "rate_limited", "message": f"too many requests per {limit.scope}; retry in {retry_s} s",
+         "retry_after_ms": verdict.retry_after_ms},
+        status=429, headers={"Retry-After": str(retry_s)},
+    )  # fmt: skip
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -123,7 +168,7 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[api_edge.json_errors], client_max_size=8 * 1024 * 1024)
+    app = web.Application(middlewares=[rate_limit, api_edge.json_errors], client_max_size=8 * 1024 * 1024)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         services = await open_services(settings)

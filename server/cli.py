@@ -215,10 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)),
                                    ("data_dir", getattr(args, "data_dir", None))) if v is not None}  # fmt: skip
     settings = settings.with_(**overrides)
+    if hasattr(args, "run") and not getattr(args, "storage", True):
+        code: int = _run(args.run(settings, args))
+        return code
     with resolved(settings) as ready:
         if hasattr(args, "run"):
-            code: int = _run(args.run(ready, args))
-            return code
+            return int(_run(args.run(ready, args)))
         if args.command == "migrate":
             _run(_migrate(ready))
         elif args.command == "seed":

@@ -5,6 +5,11 @@ Per connection: decode and validate a frame (server/wire.py), ask the core what 
 write is coalesced with every other connection's into one pipeline), and only then queue the ack. The
 send side is a bounded queue per connection: a client that stops reading is disconnected
 (Close.SLOW_CONSUMER), it never slows anyone else down.
+
+Each connection has its own message rate limit (settings.rate_ws_msgs), an in-process GCRA bucket
+(storage.ratelimit.LocalBucket): a session has one connection in one process at a time, so the bucket needs
+no Redis round trip. A message over the limit gets an error frame `rate_limited` with `retry_after_ms` and is
+not processed (no ack: the client resends it later); the connection stays open.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from server.auth import SessionClaims, TokenError
 from server.closecodes import Close
 from server.wire import WireError, decode, encode, to_command
 from sessions.machine import (
+    Ack,
     Activate,
     Command,
     Decision,
@@ -36,9 +42,11 @@ from sessions.machine import (
 )
 from sessions.model import MarkingScheme, Question
 from storage.errors import StorageUnavailable
+from storage.ratelimit import LocalBucket
 from storage.session_store import Applied, Opened, Outcome, Stored
 
 if TYPE_CHECKING:
+    from server.metrics import Metrics
     from server.services import Services
 
 log = logging.getLogger(__name__)
@@ -113,6 +121,8 @@ class StudentConnection:
         self.clock_offset_ms = 0  # Redis' clock minus ours, measured at every write
         self.lock = asyncio.Lock()
         self.bad_frames = 0
+        rate = services.settings.rate_ws_msgs
+        self.bucket = LocalBucket(rate) if rate is not None else None
         self._timer: asyncio.Task[None] | None = None
         self.closing = False
 
@@ -197,21 +207,33 @@ class StudentConnection:
     # ---- messages --------------------------------------------------------------------------------------
 
     async def _on_frame(self, data: str | bytes, binary: bool) -> None:
+        received = time.perf_counter()
+        metrics = self.s.metrics
         try:
             msg = decode(data)
         except WireError as err:
+            metrics.received("invalid")
             self.bad_frames += 1
             self.send(frames.error_frame(err.code, err.message, err.seq), binary)
             if self.bad_frames > self.s.settings.max_bad_frames:
                 await self.close(Close.PROTOCOL_ERROR, "too many invalid frames")
             return
-        await self.handle(to_command(msg), binary)
+        metrics.received(msg.type)
+        if self.bucket is not None:
+            verdict = self.bucket.check()
+            if not verdict.allowed:
+                metrics.refused("ws")
+                frame = frames.error_frame("rate_limited", "too many messages: not processed; resend later", msg.seq)
+                self.send({**frame, "retry_after_ms": verdict.retry_after_ms}, binary)
+                return
+        await self.handle(to_command(msg), binary, received)
 
-    async def handle(self, command: Command, binary: bool) -> None:
+    async def handle(self, command: Command, binary: bool, received: float | None = None) -> None:
+        """`received`: perf_counter() when the frame arrived, for the acknowledgement latency metric."""
         async with self.lock:
-            await self._execute(command, binary)
+            await self._execute(command, binary, received)
 
-    async def _execute(self, command: Command, binary: bool) -> None:
+    async def _execute(self, command: Command, binary: bool, received: float | None = None) -> None:
         """Decide, persist the decision's write (if any), then adopt its state and send its effects."""
         for _ in range(2):
             assert self.state is not None
@@ -238,6 +260,8 @@ class StudentConnection:
             frame = frames.effect_frame(effect, now)
             if frame is not None:
                 self.send(frame, binary)
+                if received is not None and decision.write is not None and isinstance(effect, Ack):
+                    self.s.metrics.ack_latency.observe(time.perf_counter() - received)
         if any(isinstance(e, Finished) for e in decision.effects):
             await self._finished()
 
@@ -305,8 +329,10 @@ class StudentConnection:
 class Hub:
     """The process' live student connections, and the fence listener that closes superseded ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self.connections: dict[str, StudentConnection] = {}
+        if metrics is not None:
+            metrics.watch_connections(lambda: len(self.connections))
 
     def register(self, conn: StudentConnection) -> None:
         old = self.connections.get(conn.sid)

@@ -12,10 +12,13 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from server.auth import Auth
+from server.metrics import Metrics
 from server.settings import Settings
 from storage import pg
+from storage.cache import TieredCache
 from storage.catalog import Catalog
 from storage.flusher import Flusher
+from storage.ratelimit import RedisLimiter
 from storage.scripts import AnyRedis
 from storage.session_store import RedisSessionStore
 from storage.sweeper import Sweeper
@@ -39,6 +42,10 @@ class Services:
     flusher: Flusher
     sweeper: Sweeper
     hub: Hub
+    metrics: Metrics
+    cache: TieredCache  # over `cache_redis`, a client without decode_responses (entries may be compressed)
+    cache_redis: AnyRedis
+    limiter: RedisLimiter
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def background(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:

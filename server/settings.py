@@ -9,10 +9,19 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
+from storage.ratelimit import Rate
+
 
 class Durability(StrEnum):
     REQUIRE = "require"  # refuse to start when Redis could lose acknowledged writes
     WARN = "warn"  # start, but log loudly (development against a throwaway Redis)
+
+
+# Generous defaults: a whole school behind one NAT address starts its exams through one IP, and a client that
+# reconnects resends every unacknowledged message at once (a NEET mock paper has 180 questions).
+REST_IP_RATE = Rate(50, 1.0, burst=100)
+REST_USER_RATE = Rate(20, 1.0, burst=60)
+WS_MSGS_RATE = Rate(20, 1.0, burst=200)
 
 
 class SettingsError(ValueError):
@@ -30,6 +39,16 @@ def _int(env: Mapping[str, str], name: str, default: int, lo: int = 0, hi: int =
     if not lo <= value <= hi:
         raise SettingsError(f"{name} must be between {lo} and {hi}, got {value}")
     return value
+
+
+def _rate(env: Mapping[str, str], name: str, default: Rate | None) -> Rate | None:
+    raw = env.get(name, "").strip()
+    if raw == "":
+        return default
+    try:
+        return Rate.parse(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -71,6 +90,12 @@ class Settings:
     pg_pool_min: int = 2
     pg_pool_max: int = 10
     access_log: bool = False
+    # Rate limits (storage/ratelimit.py); None: no limit. REST per client IP (the WebSocket handshake
+    # included) and per user (a valid bearer token's subject); WebSocket messages per session.
+    rate_rest_ip: Rate | None = REST_IP_RATE
+    rate_rest_user: Rate | None = REST_USER_RATE
+    rate_ws_msgs: Rate | None = WS_MSGS_RATE
+    cache_warm_ttl_s: int = 3 * 3600  # the tiered cache's warm tier (storage/cache.py); 1 to 6 h
     run_background: bool = True  # flusher and sweeper (tests switch them off to drive them by hand)
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -105,6 +130,10 @@ class Settings:
             flush_batch=_int(env, "EXAMHUB_FLUSH_BATCH", 200, 1, 10_000),
             pg_pool_max=_int(env, "EXAMHUB_PG_POOL_MAX", 10, 1, 1000),
             access_log=_bool(env, "EXAMHUB_ACCESS_LOG", False),
+            rate_rest_ip=_rate(env, "EXAMHUB_RATE_REST_IP", REST_IP_RATE),
+            rate_rest_user=_rate(env, "EXAMHUB_RATE_REST_USER", REST_USER_RATE),
+            rate_ws_msgs=_rate(env, "EXAMHUB_RATE_WS_MSGS", WS_MSGS_RATE),
+            cache_warm_ttl_s=_int(env, "EXAMHUB_CACHE_WARM_TTL_S", 3 * 3600, 3600, 6 * 3600),
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -19,14 +19,14 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from redis.exceptions import RedisError, ResponseError
 
 from sessions.machine import SessionState
 from sessions.model import Question
 from sessions.scoring import mark, score
-from storage import pg
+from storage import analytics, pg
 from storage.catalog import Catalog
 from storage.keys import FLUSH_GROUP, PARTITIONS, Keys
 from storage.scripts import AnyRedis, Scripts
@@ -87,12 +87,14 @@ def attempt_rows(stored: Stored, questions: dict[int, Question], rows: Rows) -> 
         rows.events.append((s.id, idx, c.kind.value, c.seq, pg.ms_to_dt(c.at_ms)))
 
 
-async def write_rows(conn: Any, rows: Rows) -> None:
-    """Idempotent bulk write; call inside a transaction."""
+async def write_rows(conn: Any, rows: Rows) -> list[str]:
+    """Idempotent bulk write; call inside a transaction. Returns the ids of attempts new in this call, whose
+    responses are then added to the students' per-topic progress in the same transaction (exactly once)."""
     attempts = [(r[0], uuid.UUID(r[1]), *r[2:]) for r in rows.attempts]
     responses = [(r[0], r[1], uuid.UUID(r[2]), *r[3:]) for r in rows.responses]
     data = {"stage_attempts": attempts, "stage_topics": rows.topics, "stage_responses": responses,
             "stage_events": rows.events}  # fmt: skip
+    inserted: list[str] = []
     for stage, target, columns in _STAGING:
         await conn.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {target} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
@@ -100,13 +102,29 @@ async def write_rows(conn: Any, rows: Rows) -> None:
         if data[stage]:
             await conn.copy_records_to_table(stage, records=data[stage], columns=columns)
             cols = ", ".join(columns)
-            await conn.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING")
+            sql = f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING"
+            if target == "test_attempts":
+                inserted = [r["session_id"] for r in await conn.fetch(sql + " RETURNING session_id")]
+            else:
+                await conn.execute(sql)
     await conn.execute(
         """UPDATE test_sessions s
               SET status = a.status, started_at = a.started_at, finished_at = a.finished_at,
                   finish_reason = a.reason
              FROM stage_attempts a WHERE s.id = a.session_id"""
     )
+    await analytics.apply_progress(conn, inserted)  # after the responses it reads
+    return inserted
+
+
+class FlushObserver(Protocol):
+    """Told what each pass saw and did (server/metrics.py exports it; storage/ does not import server/)."""
+
+    def on_flushed(self, lags_s: Sequence[float]) -> None:
+        """Attempts just committed: for each, seconds from its finish (Redis clock) to the commit."""
+
+    def on_outbox(self, length: int) -> None:
+        """Entries in the outbox streams at the start of a pass (pending ones included)."""
 
 
 @dataclass(slots=True)
@@ -130,6 +148,7 @@ class Flusher:
         claim_idle_ms: int = 30_000,
         flushed_ttl_s: int = 3600,
         idle_sleep_s: float = 0.2,
+        observer: FlushObserver | None = None,
     ) -> None:
         self._redis = redis
         self._pool = pool
@@ -144,6 +163,7 @@ class Flusher:
         self._idle_sleep_s = idle_sleep_s
         self._last_claim = 0.0
         self.flushed = 0
+        self._observer = observer
 
     async def ensure_groups(self) -> None:
         for p in range(PARTITIONS):
@@ -185,7 +205,13 @@ class Flusher:
                 pipe.xautoclaim(
                     self._keys.outbox(p), FLUSH_GROUP, self.consumer, self._claim_idle_ms, "0-0", count=self._batch
                 )
+        if self._observer is not None:  # rides the same pipeline: the gauge costs no round trip
+            for p in range(PARTITIONS):
+                pipe.xlen(self._keys.outbox(p))
         results = await pipe.execute()
+        if self._observer is not None:
+            self._observer.on_outbox(sum(results[-PARTITIONS:]))
+            del results[-PARTITIONS:]
         if claim:
             await self._forget_idle_consumers()
         seen: dict[str, Entry] = {}
@@ -218,6 +244,7 @@ class Flusher:
             return 0
         stored = await self._store.load_many(list(dict.fromkeys(e.sid for e in entries)))
         rows = Rows()
+        finished_ms: list[int] = []
         done: list[Entry] = []
         needed = {q for s in stored.values() for q in s.state.paper.question_ids}
         questions = await self._catalog.questions(needed)
@@ -233,11 +260,20 @@ class Flusher:
                 continue
             if e.sid not in {a[0] for a in rows.attempts}:
                 attempt_rows(s, questions, rows)
+                finished_ms.append(s.state.finished_ms or 0)
             done.append(e)
         async with self._pool.acquire() as conn, conn.transaction():
             await write_rows(conn, rows)
+        committed_ms = time.time() * 1000
+        # Leaderboards after the commit, before the acknowledgement: a crash in between replays the entry,
+        # and ZADD GT makes recording a score twice harmless.
+        await analytics.record_scores(
+            self._redis, self._keys.prefix, [(r[2], r[0], r[1], r[5], r[14]) for r in rows.attempts]
+        )
         await self._acknowledge(done)
         self.flushed += len(rows.attempts)
+        if self._observer is not None and finished_ms:
+            self._observer.on_flushed([(committed_ms - f) / 1000 for f in finished_ms])
         return len(entries)
 
     async def _acknowledge(self, entries: Sequence[Entry]) -> None:

@@ -45,7 +45,7 @@ def test_demo_with_embedded_services_serves_a_whole_exam(tmp_path: Path) -> None
             data=json.dumps({"username": "admin", "password": password}).encode(),
             headers={"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(login, timeout=10) as r:  # noqa: S310 - our own local hub
+        with urllib.request.urlopen(login, timeout=10) as r:
             assert json.load(r)["role"] == "admin"
     finally:
         demo.send_signal(signal.SIGTERM)

@@ -11,6 +11,7 @@ from server.api import ADMIN, Ctx, Strict, fail
 from server.routes import api
 from sessions.paper import PaperError, draw_paper
 from storage import pg
+from storage.cache import TEMPLATE_LIST_KEY, TEMPLATES_TAG, Tier, template_key
 
 Slug = Annotated[str, Field(min_length=2, max_length=60, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 Topic = Annotated[str, Field(min_length=1, max_length=60, pattern=r"^[a-z0-9][a-z0-9-]*$")]
@@ -101,20 +102,38 @@ _SELECT = """SELECT t.id, t.slug, t.name, t.bank_id, b.slug AS bank, t.status, t
                FROM test_templates t JOIN question_banks b ON b.id = t.bank_id"""
 
 
+async def load_template_list(pool: pg.Pool) -> dict[str, Any]:
+    """The active templates as GET /api/templates returns them (the loader of its warm cache entry)."""
+    rows = await pool.fetch(f"{_SELECT} WHERE t.status = 'active' ORDER BY t.id")
+    return TemplateList(templates=[_out(r) for r in rows]).model_dump(mode="json")
+
+
+async def load_template(pool: pg.Pool, template_id: int) -> dict[str, Any] | None:
+    """One template as GET /api/templates/{id} returns it; None (not cached) when there is no such id."""
+    row = await pool.fetchrow(f"{_SELECT} WHERE t.id = $1", template_id)
+    return None if row is None else _out(row).model_dump(mode="json")
+
+
 @api.get("/api/templates", response=TemplateList)
-async def list_templates(ctx: Ctx[None, None]) -> TemplateList:
+async def list_templates(ctx: Ctx[None, None]) -> dict[str, Any]:
     """Active templates (public: no answer keys in them)."""
-    rows = await ctx.services.pool.fetch(f"{_SELECT} WHERE t.status = 'active' ORDER BY t.id")
-    return TemplateList(templates=[_out(r) for r in rows])
+    pool = ctx.services.pool
+    found: dict[str, Any] = await ctx.services.cache.get_or_load(
+        Tier.WARM, TEMPLATE_LIST_KEY, lambda: load_template_list(pool), tags=(TEMPLATES_TAG,)
+    )
+    return found
 
 
 @api.get(r"/api/templates/{id:\d+}", response=TemplateOut)
-async def get_template(ctx: Ctx[None, None]) -> TemplateOut:
+async def get_template(ctx: Ctx[None, None]) -> dict[str, Any]:
     """One template, archived ones included."""
-    row = await ctx.services.pool.fetchrow(f"{_SELECT} WHERE t.id = $1", ctx.path_int("id"))
-    if row is None:
+    pool, tid = ctx.services.pool, ctx.path_int("id")
+    found: dict[str, Any] | None = await ctx.services.cache.get_or_load(
+        Tier.WARM, template_key(tid), lambda: load_template(pool, tid), tags=(TEMPLATES_TAG,)
+    )
+    if found is None:
         fail(404, "template_not_found", "no such template")
-    return _out(row)
+    return found
 
 
 @api.post("/api/templates", body=TemplateIn, response=TemplateOut, roles=ADMIN, status=201)
@@ -129,6 +148,7 @@ async def create_template(ctx: Ctx[TemplateIn, None]) -> TemplateOut:
         )  # fmt: skip
     except asyncpg.UniqueViolationError:
         fail(409, "conflict", f"a template with slug {b.slug!r} exists")
+    await ctx.services.cache.invalidate(TEMPLATES_TAG)
     return await get_template_by_id(ctx, new_id)
 
 
@@ -151,6 +171,7 @@ async def update_template(ctx: Ctx[TemplateUpdate, None]) -> TemplateOut:
         tid, ctx.body.name, ctx.body.config.model_dump(),
     )  # fmt: skip
     ctx.services.catalog.invalidate()
+    await ctx.services.cache.invalidate(TEMPLATES_TAG)
     return await get_template_by_id(ctx, tid)
 
 
@@ -164,4 +185,5 @@ async def archive_template(ctx: Ctx[None, None]) -> TemplateOut:
     if done.endswith(" 0"):
         fail(404, "template_not_found", "no such template")
     ctx.services.catalog.invalidate()
+    await ctx.services.cache.invalidate(TEMPLATES_TAG)
     return await get_template_by_id(ctx, tid)

@@ -167,8 +167,8 @@ async def test_concurrent_callers_count_once(pool: pg.Pool) -> None:
 async def test_flushed_attempt_updates_progress_once_when_rows_are_replayed(
     pool: pg.Pool, store: RedisSessionStore
 ) -> None:
-    """What the flusher will do (write_rows, then apply_progress in the same transaction), done twice with the
-    same rows, as a replayed outbox entry would."""
+    """The flusher's write (write_rows adds progress for the attempts it inserted, in its transaction), done
+    twice with the same rows, as a replayed outbox entry would: the second adds nothing."""
     sid, _ = await finished_session(pool, store)
     stored = await store.load(sid)
     assert stored is not None
@@ -176,12 +176,12 @@ async def test_flushed_attempt_updates_progress_once_when_rows_are_replayed(
     rows = Rows()
     attempt_rows(stored, questions_, rows)
     user = uuid.UUID(stored.state.user_id)
-    applied = []
+    inserted, again = [], []
     for _ in range(2):
         async with pool.acquire() as conn, conn.transaction():
-            await write_rows(conn, rows)
-            applied.append(await analytics.apply_progress(conn, [sid]))
-    assert applied == [1, 0]
+            inserted.append(await write_rows(conn, rows))
+            again.append(await analytics.apply_progress(conn, [sid]))
+    assert inserted == [[sid], []] and again == [0, 0]
     # the expected counts, from the stored responses themselves
     truth = await pool.fetch(
         """SELECT q.topic, r.choice, r.is_correct, r.time_spent_ms FROM responses r
