@@ -2,8 +2,8 @@
 
     python -m loadtest.bench_ack --students 2000 --rate 2000 --duration 30
 
-It starts a hub process (`examhub serve`) on a spare port against PostgreSQL (DATABASE_URL, default the
-local server, database examhub_bench) and its own redis-server with the durable settings examhub demands
+It starts a hub process (`examhub serve`) on a spare port against a fresh PostgreSQL database of its own
+(on the local server by default) and its own redis-server with the durable settings examhub demands
 (append-only, fsync always, no eviction) unless --redis-url is given. It opens one session per student
 over REST, connects every student, then each student sends answers on a fixed schedule (its share of the
 rate, random phase) and awaits the ack. Latency is measured from the *scheduled* send time to the ack, so
@@ -53,16 +53,20 @@ def durable_redis() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-async def ensure_database(url: str) -> None:
-    base, _, name = url.rpartition("/")
+@contextlib.asynccontextmanager
+async def fresh_database(server_url: str) -> AsyncIterator[str]:
+    """A database of this run's own on the given server (dropped afterwards): runs never see each other."""
+    base = server_url.rpartition("/")[0]
+    name = f"examhub_bench_{random.randrange(16**8):08x}"
+    admin = await asyncpg.connect(server_url)
     try:
-        conn = await asyncpg.connect(url)
-    except asyncpg.InvalidCatalogNameError:
-        admin = await asyncpg.connect(base + "/postgres")
         await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"{base}/{name}"
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
         await admin.close()
-        return
-    await conn.close()
 
 
 @contextlib.asynccontextmanager
@@ -232,10 +236,12 @@ def pct(values: list[float], p: float) -> float:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     gc.set_threshold(100_000, 50, 1000)  # the load generator's own GC pauses would count as hub latency
     prefix = f"bench{random.randrange(16**6):06x}"
-    await ensure_database(args.database_url)
     with contextlib.ExitStack() as stack:
         redis_url = args.redis_url or stack.enter_context(durable_redis())
-        async with hub_process(args.database_url, redis_url, prefix, args.port or free_port()) as (url, pid):
+        async with (
+            fresh_database(args.database_url) as database_url,
+            hub_process(database_url, redis_url, prefix, args.port or free_port()) as (url, pid),
+        ):
             students = await start_students(url, args.students, args.template)
             rss_before = rss_kb(pid)
             stats = Stats()
@@ -290,8 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--template", default="neet-mock-180")
     p.add_argument("--msgpack", action="store_true")
     p.add_argument("--port", type=int)
-    default_db = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/examhub_bench")
-    p.add_argument("--database-url", default=default_db)
+    default_db = os.environ.get("EXAMHUB_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    p.add_argument(
+        "--database-url",
+        default=default_db,
+        help="a server (and a database to connect to); each run creates and drops a database of its own there",
+    )
     p.add_argument("--redis-url", default=None, help="default: start a durable redis-server of our own")
     p.add_argument("--json", type=Path, help="also write the figures to this file")
     args = p.parse_args(argv)

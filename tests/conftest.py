@@ -31,34 +31,46 @@ def _db_url(name: str) -> str:
     return f"{base}/{name}"
 
 
+async def create_database(name: str) -> str:
+    """A new database on the test server, migrated and seeded with the demo bank; returns its URL."""
+    conn = await asyncpg.connect(ADMIN_URL)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    pool = await pg.create_pool(_db_url(name), 1, 2)
+    try:
+        async with pool.acquire() as c:
+            await migrate(c)
+        await seed_demo(pool)
+    finally:
+        await pool.close()
+    return _db_url(name)
+
+
+async def drop_database(name: str) -> None:
+    conn = await asyncpg.connect(ADMIN_URL)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     name = f"examhub_test_{secrets.token_hex(4)}"
+    url = asyncio.run(create_database(name))
+    yield url
+    asyncio.run(drop_database(name))
 
-    async def create() -> None:
-        conn = await asyncpg.connect(ADMIN_URL)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        pool = await pg.create_pool(_db_url(name), 1, 2)
-        try:
-            async with pool.acquire() as c:
-                await migrate(c)
-            await seed_demo(pool)
-        finally:
-            await pool.close()
 
-    async def drop() -> None:
-        conn = await asyncpg.connect(ADMIN_URL)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    yield _db_url(name)
-    asyncio.run(drop())
+@pytest.fixture
+def own_database_url() -> Iterator[str]:
+    """A database for this test alone (for tests that change shared content, like the fuzzer as admin)."""
+    name = f"examhub_own_{secrets.token_hex(4)}"
+    url = asyncio.run(create_database(name))
+    yield url
+    asyncio.run(drop_database(name))
 
 
 @pytest.fixture
