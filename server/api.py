@@ -262,6 +262,7 @@ class Api:
             [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
         )
         paths: dict[str, dict[str, Any]] = {}
+        extra_defs: dict[str, Any] = {}
         for ep in self.endpoints:
             path = _PARAM.sub(lambda m: "{" + m.group(1) + "}", ep.path)
             op: dict[str, Any] = {"summary": ep.summary, "tags": [ep.tag], "operationId": ep.fn.__name__}
@@ -272,7 +273,9 @@ class Api:
                 for name, pattern in _PARAM.findall(ep.path)
             ]  # fmt: skip
             if ep.query is not None:
-                for name, schema in ep.query.model_json_schema()["properties"].items():
+                query_schema = ep.query.model_json_schema(ref_template="#/components/schemas/{model}")
+                extra_defs.update(query_schema.get("$defs", {}))  # enums used by query parameters
+                for name, schema in query_schema["properties"].items():
                     field = ep.query.model_fields[name]
                     params.append({"name": name, "in": "query", "required": field.is_required(), "schema": schema})
             if params:
@@ -303,7 +306,7 @@ class Api:
             "info": {"title": "examhub", "version": "1"},
             "paths": paths,
             "components": {
-                "schemas": schemas.get("$defs", {}),
+                "schemas": {**extra_defs, **schemas.get("$defs", {})},
                 "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
             },
         }

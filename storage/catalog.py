@@ -39,7 +39,7 @@ class Catalog:
                     cached = tuple(await pg.fetch_bank_questions(self._pool, bank_id))
                     self._banks[bank_id] = cached
                     for q in cached:
-                        self._questions.setdefault(q.id, q)
+                        self._questions[q.id] = q  # the bank's current text wins over an older copy
         return cached
 
     async def template(self, template_id: int) -> tuple[Template, int] | None:
@@ -53,3 +53,4 @@ class Catalog:
     def invalidate(self) -> None:
         self._banks.clear()
         self._templates.clear()
+        self._questions.clear()

@@ -35,7 +35,7 @@ DEMO_TEMPLATES: list[dict[str, Any]] = [
 
 def normalized_hash(text: str) -> str:
     """For the duplicate check: case, punctuation and spacing do not make a question new."""
-    norm = re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+    norm = re.sub(r"[\W_]+", " ", text.casefold()).strip()  # any script's letters and digits count
     return hashlib.sha256(norm.encode()).hexdigest()
 
 
