@@ -107,7 +107,13 @@ async def open_services(settings: Settings) -> Services:
         await flusher.ensure_groups()
         sweeper = Sweeper(redis, store, settings.sweep_interval_s)
         cache_redis = connect_redis(settings, decode=False)
-        cache = TieredCache(cache_redis, settings.redis_prefix, warm_ttl_s=settings.cache_warm_ttl_s, observer=metrics)
+        cache = TieredCache(
+            cache_redis,
+            settings.redis_prefix,
+            warm_ttl_s=settings.cache_warm_ttl_s,
+            observer=metrics,
+            enabled=settings.cache_enabled,
+        )
     except BaseException:
         for client in (redis, cache_redis):
             if client is not None:

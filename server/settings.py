@@ -95,6 +95,7 @@ class Settings:
     rate_rest_ip: Rate | None = REST_IP_RATE
     rate_rest_user: Rate | None = REST_USER_RATE
     rate_ws_msgs: Rate | None = WS_MSGS_RATE
+    cache_enabled: bool = True  # EXAMHUB_CACHE=off: every read from PostgreSQL (for benchmarks)
     cache_warm_ttl_s: int = 3 * 3600  # the tiered cache's warm tier (storage/cache.py); 1 to 6 h
     run_background: bool = True  # flusher and sweeper (tests switch them off to drive them by hand)
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -134,6 +135,7 @@ class Settings:
             rate_rest_user=_rate(env, "EXAMHUB_RATE_REST_USER", REST_USER_RATE),
             rate_ws_msgs=_rate(env, "EXAMHUB_RATE_WS_MSGS", WS_MSGS_RATE),
             cache_warm_ttl_s=_int(env, "EXAMHUB_CACHE_WARM_TTL_S", 3 * 3600, 3600, 6 * 3600),
+            cache_enabled=_bool(env, "EXAMHUB_CACHE", True),
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -100,8 +100,10 @@ class TieredCache:
         warm_ttl_s: int = WARM_TTL_S,
         cold_ttl_s: int = COLD_TTL_S,
         observer: CacheObserver | None = None,
+        enabled: bool = True,
     ) -> None:
-        """`redis` must be a client made with decode_responses=False: compressed entries are bytes."""
+        """`redis` must be a client made with decode_responses=False: compressed entries are bytes.
+        `enabled=False` serves every read from its loader (benchmarks measure the uncached path with it)."""
         lo, hi = WARM_TTL_RANGE_S
         if not lo <= warm_ttl_s <= hi:
             raise ValueError(f"the warm tier's TTL must be between {lo} and {hi} s, got {warm_ttl_s}")
@@ -112,6 +114,7 @@ class TieredCache:
         self._observer = observer
         self._inflight: dict[str, asyncio.Task[Any]] = {}
         self._warned_at = 0.0
+        self._enabled = enabled
 
     def key(self, tier: Tier | str, key: str) -> str:
         return f"{self._prefix}:cache:{Tier(tier).value}:{key}"
@@ -131,6 +134,9 @@ class TieredCache:
         """The cached value, or the loader's (stored for the tier's TTL under `tags`). Use one key with one
         set of tags."""
         tier = Tier(tier)
+        if not self._enabled:
+            self._count(tier, hit=False)
+            return await _plain(loader)
         full = self.key(tier, key)
         tagset = tuple(sorted(set(tags)))
         try:

@@ -205,3 +205,16 @@ def test_the_warm_ttl_must_be_between_one_and_six_hours(raw_redis: Redis) -> Non
         TieredCache(raw_redis, "x", warm_ttl_s=600)
     with pytest.raises(ValueError, match="warm"):
         TieredCache(raw_redis, "x", warm_ttl_s=7 * 3600)
+
+
+async def test_a_disabled_cache_always_loads_and_stores_nothing(raw_redis: Redis, prefix: str) -> None:
+    cache = TieredCache(raw_redis, prefix, enabled=False)
+    calls = []
+
+    async def loader() -> dict[str, int]:
+        calls.append(1)
+        return {"n": len(calls)}
+
+    assert await cache.get_or_load(Tier.WARM, "k", loader) == {"n": 1}
+    assert await cache.get_or_load(Tier.WARM, "k", loader) == {"n": 2}
+    assert [k async for k in raw_redis.scan_iter(match=f"{prefix}:cache:*")] == []
