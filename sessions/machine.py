@@ -7,8 +7,11 @@ Redis, where the race-sensitive checks are repeated against Redis' own clock and
 
     created --open--> active --submit / anti-cheat limit--> submitted
                       active --deadline + grace passed-----> expired
-                      active <--pause / resume--> paused     (proctor, issue #4: not built yet)
-                      active | paused --terminate----------> terminated  (proctor, issue #4: not built yet)
+                      active <--pause / resume--> paused     (proctor; the clock stops while paused)
+                      active | paused --terminate----------> terminated  (proctor)
+                      active | paused --force-submit-------> submitted   (proctor)
+A proctor may also extend or shorten the time (active: the deadline moves; paused: the remaining time; created:
+the duration) and flag or unflag the attempt.
 
 A command with a sequence number at or below the last accepted one is a duplicate: it changes nothing
 and is acknowledged again. A rejected command changes nothing, its sequence number included.
@@ -44,6 +47,7 @@ class FinishReason(StrEnum):
     TIMEOUT = "timeout"  # the deadline (plus grace) passed
     ANTICHEAT = "anticheat"  # the template's anti-cheat policy submitted it
     PROCTOR = "proctor"  # a proctor terminated it
+    FORCED = "forced"  # a proctor submitted it
 
     @property
     def status(self) -> Status:
@@ -52,6 +56,7 @@ class FinishReason(StrEnum):
             FinishReason.ANTICHEAT: Status.SUBMITTED,
             FinishReason.TIMEOUT: Status.EXPIRED,
             FinishReason.PROCTOR: Status.TERMINATED,
+            FinishReason.FORCED: Status.SUBMITTED,
         }[self]
 
 
@@ -97,6 +102,7 @@ class SessionState:
     grace_ms: int
     policy: AntiCheatPolicy
     deadline_ms: int | None = None  # set when the session opens
+    remaining_ms: int | None = None  # while paused: the time left when the clock stopped
     started_ms: int | None = None
     last_seq: int = 0
     answers: Mapping[int, SavedAnswer] = field(default_factory=lambda: _EMPTY)
@@ -109,6 +115,8 @@ class SessionState:
     def time_left_ms(self, now_ms: int) -> int:
         if self.status is Status.CREATED:
             return self.duration_ms
+        if self.status is Status.PAUSED:
+            return self.remaining_ms or 0
         if self.deadline_ms is None or self.status.finished:
             return 0
         return max(0, self.deadline_ms - now_ms)
@@ -162,7 +170,40 @@ class Expire:
     """The server's clock: finish the session if its deadline plus grace has passed."""
 
 
-Command = Open | Answer | Report | Heartbeat | Submit | Expire
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """A proctor stops the clock."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Extend:
+    """A proctor gives (positive) or takes (negative) time."""
+
+    delta_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Terminate:
+    """A proctor ends the attempt as terminated."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForceSubmit:
+    """A proctor submits the attempt on the student's behalf."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetFlag:
+    flagged: bool
+
+
+ProctorCommand = Pause | Resume | Extend | Terminate | ForceSubmit | SetFlag
+Command = Open | Answer | Report | Heartbeat | Submit | Expire | ProctorCommand
 
 
 # ---- what comes out ------------------------------------------------------------------------------------
@@ -200,7 +241,21 @@ class TimeLeft:
     time_left_ms: int
 
 
-Effect = Ack | Refused | Warned | Finished | TimeLeft
+@dataclass(frozen=True, slots=True)
+class ClockChanged:
+    """The student's clock moved (pause, resume, extension): the hub pushes the new time."""
+
+    status: Status
+    time_left_ms: int
+    deadline_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class FlagChanged:
+    flagged: bool
+
+
+Effect = Ack | Refused | Warned | Finished | TimeLeft | ClockChanged | FlagChanged
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +284,16 @@ class Activate:
     pass
 
 
-Write = SaveAnswer | RecordCheat | Finish | Activate
+@dataclass(frozen=True, slots=True)
+class Control:
+    """A proctor's change, persisted by control.lua (no connection epoch: a proctor acts from anywhere)."""
+
+    op: str  # pause | resume | extend | flag
+    delta_ms: int = 0
+    flagged: bool = False
+
+
+Write = SaveAnswer | RecordCheat | Finish | Activate | Control
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +320,8 @@ def decide(state: SessionState, command: Command, now_ms: int) -> Decision:
             return Decision(state, (TimeLeft(seq, state.time_left_ms(now_ms)),))
         case Answer() | Report() | Submit():
             return _sequenced(state, command, now_ms)
+        case Pause() | Resume() | Extend() | Terminate() | ForceSubmit() | SetFlag():
+            return _proctor(state, command, now_ms)
     raise TypeError(f"no transition for {type(command).__name__} in state {state.status}")
 
 
@@ -338,3 +404,65 @@ def _finish(
     if seq is not None:
         new = replace(new, last_seq=seq)
     return Decision(new, (*before, Finished(reason.status, reason)), Finish(seq, reason))
+
+
+# ---- proctor actions -----------------------------------------------------------------------------------
+
+_REFUSED_WHEN_FINISHED = "the attempt has already ended"
+
+
+def _proctor(state: SessionState, command: ProctorCommand, now_ms: int) -> Decision:
+    if state.status.finished:
+        return _refuse_unsequenced(state, Refusal.NOT_ACTIVE, _REFUSED_WHEN_FINISHED)
+    if state.overdue(now_ms):  # the clock ran out before the proctor acted: the session simply expires
+        late = Refused(None, Refusal.TOO_LATE, "the time for this exam is over")
+        return _finish(state, None, FinishReason.TIMEOUT, now_ms, (late,))
+    match command:
+        case Pause():
+            if state.status is not Status.ACTIVE or state.deadline_ms is None:
+                return _refuse_unsequenced(
+                    state, Refusal.NOT_ACTIVE, f"only an active session can be paused, not {state.status.value}"
+                )
+            left = max(0, state.deadline_ms - now_ms)
+            paused = replace(state, status=Status.PAUSED, remaining_ms=left)
+            return Decision(paused, (ClockChanged(Status.PAUSED, left, None),), Control("pause"))
+        case Resume():
+            if state.status is not Status.PAUSED:
+                return _refuse_unsequenced(
+                    state, Refusal.NOT_ACTIVE, f"only a paused session can be resumed, not {state.status.value}"
+                )
+            left = state.remaining_ms or 0
+            resumed = replace(state, status=Status.ACTIVE, deadline_ms=now_ms + left, remaining_ms=None)
+            return Decision(resumed, (ClockChanged(Status.ACTIVE, left, now_ms + left),), Control("resume"))
+        case Extend(delta_ms=delta):
+            return _extend(state, delta, now_ms)
+        case Terminate():
+            return _finish(state, None, FinishReason.PROCTOR, now_ms, ())
+        case ForceSubmit():
+            if state.status is Status.CREATED:
+                return _refuse_unsequenced(
+                    state, Refusal.NOT_ACTIVE, "a session that never started cannot be submitted; terminate it"
+                )
+            return _finish(state, None, FinishReason.FORCED, now_ms, ())
+        case SetFlag(flagged=flag):
+            return Decision(replace(state, flagged=flag), (FlagChanged(flag),), Control("flag", flagged=flag))
+
+
+def _extend(state: SessionState, delta: int, now_ms: int) -> Decision:
+    match state.status:
+        case Status.CREATED:
+            new = replace(state, duration_ms=max(1000, state.duration_ms + delta))
+            effect = ClockChanged(Status.CREATED, new.duration_ms, None)
+        case Status.PAUSED:
+            new = replace(state, remaining_ms=max(0, (state.remaining_ms or 0) + delta))
+            effect = ClockChanged(Status.PAUSED, new.remaining_ms or 0, None)
+        case _:
+            assert state.deadline_ms is not None
+            deadline = max(now_ms, state.deadline_ms + delta)  # shortening never reaches into the past
+            new = replace(state, deadline_ms=deadline)
+            effect = ClockChanged(Status.ACTIVE, deadline - now_ms, deadline)
+    return Decision(new, (effect,), Control("extend", delta_ms=delta))
+
+
+def _refuse_unsequenced(state: SessionState, code: Refusal, message: str) -> Decision:
+    return Decision(state, (Refused(None, code, message),))
