@@ -133,9 +133,12 @@ class Template:
     scheme: MarkingScheme = MarkingScheme()
     policy: AntiCheatPolicy = AntiCheatPolicy()
     grace_ms: int = 5_000  # answers in flight when the clock runs out still count
+    disconnect_credit_cap_ms: int = 0  # time lost to dropped connections given back automatically; 0: by a proctor
 
     def __post_init__(self) -> None:
         if self.duration_ms < 1_000:
             raise ValueError("duration must be at least one second")
         if not 0 <= self.grace_ms <= 60_000:
             raise ValueError("grace must be between 0 and 60 s")
+        if not 0 <= self.disconnect_credit_cap_ms <= 3_600_000:
+            raise ValueError("the disconnect credit cap must be between 0 and 1 h")

@@ -10,11 +10,23 @@ Key                          Type    Owner and lifetime
                                      the flusher in the same script that acknowledges the outbox entry.
 <prefix>:{pNN}:s:<sid>:ans   hash    question id -> saved answer; lifetime as meta.
 <prefix>:{pNN}:s:<sid>:ev    list    anti-cheat events in order; lifetime as meta.
+<prefix>:{pNN}:s:<sid>:ledger list   the time ledger: "offline_since|back_at|gap_ms|credited_ms" per return
+                                     after a dropped connection; lifetime as meta.
 <prefix>:{pNN}:due           zset    sid -> deadline (ms, Redis clock); owned by the sweeper: a member is
                                      removed when its session finishes.
 <prefix>:{pNN}:outbox        stream  finished sessions waiting for PostgreSQL; owned by the flusher: an
                                      entry is deleted right after the commit that stored it.
 <prefix>:fence               channel pub/sub: "<sid> <epoch>" when a newer connection takes a session over.
+<prefix>:{pNN}:ctl           channel pub/sub: "<sid> <json>" a proctor changed the session (every hub process
+                                     listens to all partitions and acts for the sessions it holds).
+<prefix>:{r<tid>}:live       set     the sessions of a template's room (proctor snapshots); a member is added
+                                     at start and removed by the flusher after the flush (readers also drop
+                                     members whose keys are gone).
+<prefix>:{r<tid>}:seq        string  the room feed's sequence number (INCR per published change); no TTL,
+                                     owned by the room (one small integer per template).
+<prefix>:{r<tid>}:feed       channel pub/sub: "<seq>|<json>" changes of the room's sessions (see server/proctor.py).
+Leaderboards, the cache and rate limits document their keys in storage/analytics.py, storage/cache.py and
+storage/ratelimit.py.
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ class SessionKeys:
     meta: str
     ans: str
     ev: str
+    ledger: str
     due: str
     outbox: str
 
@@ -57,6 +70,7 @@ class Keys:
             meta=f"{base}:s:{sid}:meta",
             ans=f"{base}:s:{sid}:ans",
             ev=f"{base}:s:{sid}:ev",
+            ledger=f"{base}:s:{sid}:ledger",
             due=f"{base}:due",
             outbox=f"{base}:outbox",
         )
@@ -70,3 +84,18 @@ class Keys:
     @property
     def fence_channel(self) -> str:
         return f"{self.prefix}:fence"
+
+    def control_channel(self, partition: int) -> str:
+        return f"{self._part(partition)}:ctl"
+
+    def _room(self, template_id: int) -> str:
+        return f"{self.prefix}:{{r{template_id}}}"
+
+    def room_live(self, template_id: int) -> str:
+        return f"{self._room(template_id)}:live"
+
+    def room_seq(self, template_id: int) -> str:
+        return f"{self._room(template_id)}:seq"
+
+    def room_feed(self, template_id: int) -> str:
+        return f"{self._room(template_id)}:feed"

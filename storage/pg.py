@@ -74,6 +74,7 @@ def template_from_config(template_id: int, name: str, cfg: Mapping[str, Any]) ->
         scheme=scheme,
         policy=policy,
         grace_ms=int(cfg.get("grace_s", 5)) * 1000,
+        disconnect_credit_cap_ms=int(cfg.get("disconnect_credit_cap_s", 0)) * 1000,
     )
 
 
@@ -86,6 +87,7 @@ def template_config(t: Template) -> dict[str, Any]:
         "shuffle_options": t.rule.shuffle_options,
         "duration_s": t.duration_ms // 1000,
         "grace_s": t.grace_ms // 1000,
+        "disconnect_credit_cap_s": t.disconnect_credit_cap_ms // 1000,
         "scheme": {"correct": t.scheme.correct, "wrong": t.scheme.wrong, "skipped": t.scheme.skipped},
         "policy": {"warn_at": t.policy.warn_at, "flag_at": t.policy.flag_at, "submit_at": t.policy.submit_at},
     }

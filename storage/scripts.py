@@ -30,6 +30,9 @@ def _load(name: str) -> Script:
     return Script(name, _read("_lib.lua") + "\n" + _read(f"{name}.lua"))
 
 
+_NAMES = ("create", "open", "apply", "expire", "flushed", "leave", "control", "publish")
+
+
 @dataclass(frozen=True, slots=True)
 class Scripts:
     create: Script
@@ -37,13 +40,16 @@ class Scripts:
     apply: Script
     expire: Script
     flushed: Script
+    leave: Script
+    control: Script
+    publish: Script
 
     @classmethod
     def load(cls) -> Scripts:
-        return cls(*(_load(n) for n in ("create", "open", "apply", "expire", "flushed")))
+        return cls(*(_load(n) for n in _NAMES))
 
     def all(self) -> tuple[Script, ...]:
-        return (self.create, self.open, self.apply, self.expire, self.flushed)
+        return tuple(getattr(self, n) for n in _NAMES)
 
     async def register(self, redis: AnyRedis) -> None:
         """SCRIPT LOAD every script (on every primary, for a cluster). Needed again after Redis restarts."""

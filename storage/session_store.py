@@ -17,6 +17,7 @@ from typing import Any
 from sessions.machine import (
     Activate,
     CheatRecord,
+    Control,
     Finish,
     FinishReason,
     RecordCheat,
@@ -50,6 +51,24 @@ class Applied:
     now_ms: int | None = None
     deadline_ms: int | None = None
     status: Status | None = None
+    remaining_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """What the proctor needs beyond the exam state: is the student connected, and the time ledger."""
+
+    online: bool = False
+    offline_since_ms: int | None = None
+    offline_total_ms: int = 0  # every return after a drop, added up
+    credited_ms: int = 0  # given back automatically (template policy)
+    extended_ms: int = 0  # given (or taken) by proctors
+    ip_changes: int = 0
+
+    def uncredited_ms(self, now_ms: int) -> int:
+        """Time lost to dropped connections that nobody has given back yet (the proctor's one-click credit)."""
+        away = now_ms - self.offline_since_ms if self.offline_since_ms is not None else 0
+        return max(0, self.offline_total_ms + away - self.credited_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +78,7 @@ class Stored:
     state: SessionState
     scheme: MarkingScheme
     epoch: int
+    presence: Presence = Presence()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +152,8 @@ def new_session_fields(
         "policy": encode_policy(template.policy),
         "scheme": encode_scheme(template.scheme),
         "created_ms": created_ms,
+        "credit_cap_ms": template.disconnect_credit_cap_ms,
+        "credited_ms": 0,
     }
 
 
@@ -147,6 +169,7 @@ def decode_session(meta: Mapping[str, str], answers: Mapping[str, str], events: 
         grace_ms=int(meta["grace_ms"]),
         policy=decode_policy(meta["policy"]),
         deadline_ms=_int_or_none(meta.get("deadline_ms")),
+        remaining_ms=_int_or_none(meta.get("remaining_ms")),
         started_ms=_int_or_none(meta.get("started_ms")),
         last_seq=int(meta["last_seq"]),
         answers=MappingProxyType({int(q): decode_answer(v) for q, v in answers.items()}),
@@ -156,11 +179,30 @@ def decode_session(meta: Mapping[str, str], answers: Mapping[str, str], events: 
         finish_reason=FinishReason(finish) if finish else None,
         finished_ms=_int_or_none(meta.get("finished_ms")),
     )
-    return Stored(state, decode_scheme(meta["scheme"]), int(meta["epoch"]))
+    presence = Presence(
+        online=meta.get("online") == "1",
+        offline_since_ms=_int_or_none(meta.get("offline_since_ms")),
+        offline_total_ms=int(meta.get("offline_total_ms", 0)),
+        credited_ms=int(meta.get("credited_ms", 0)),
+        extended_ms=int(meta.get("extended_ms", 0)),
+        ip_changes=int(meta.get("ip_changes", 0)),
+    )
+    return Stored(state, decode_scheme(meta["scheme"]), int(meta["epoch"]), presence)
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _controlled(raw: Sequence[Any]) -> Applied:
+    outcome = Outcome(raw[0])
+    now = int(raw[1]) if len(raw) > 1 else None
+    if outcome is Outcome.OK:
+        return Applied(outcome, now, deadline_ms=_int_or_none(raw[3]), status=Status(raw[2]),
+                       remaining_ms=_int_or_none(raw[4]))  # fmt: skip
+    if outcome is Outcome.NOT_ACTIVE:
+        return Applied(outcome, now, status=Status(raw[2]))
+    return Applied(outcome, now)
 
 
 def _applied(raw: Sequence[Any]) -> Applied:
@@ -173,6 +215,9 @@ def _applied(raw: Sequence[Any]) -> Applied:
     if outcome is Outcome.NOT_DUE:
         return Applied(outcome, now, deadline_ms=int(raw[2]))
     return Applied(outcome, now)
+
+
+_PROCTOR_FINISHES = (FinishReason.PROCTOR, FinishReason.FORCED)
 
 
 # ---- the store -----------------------------------------------------------------------------------------
@@ -196,12 +241,13 @@ class RedisSessionStore:
         meta = self.keys.session(sid).meta
         return bool(await self._writer.call(self._scripts.create, [meta], flat))
 
-    async def open(self, sid: str, user_id: str) -> Opened | Outcome:
-        """Take the session over for a new connection of its owner (bumps the fencing epoch).
+    async def open(self, sid: str, user_id: str, ip: str = "") -> Opened | Outcome:
+        """Take the session over for a new connection of its owner (bumps the fencing epoch, marks the
+        student online, credits a dropped connection's time when the template says so).
 
         Returns Outcome.NO_SESSION or Outcome.FORBIDDEN (not the owner; nothing changed) otherwise."""
         k = self.keys.session(sid)
-        raw = await self._writer.call(self._scripts.open, [k.meta, k.ans, k.ev], [user_id])
+        raw = await self._writer.call(self._scripts.open, [k.meta, k.ans, k.ev, k.due, k.ledger], [user_id, ip])
         if raw[0] != "OK":
             return Outcome(raw[0])
         stored = decode_session(_pairs(raw[3]), _pairs(raw[4]), raw[5])
@@ -233,6 +279,8 @@ class RedisSessionStore:
         k = self.keys.session(sid)
         if isinstance(write, Finish) and write.reason is FinishReason.TIMEOUT:
             return await self.expire(sid)
+        if isinstance(write, Control) or (isinstance(write, Finish) and write.reason in _PROCTOR_FINISHES):
+            return await self.control(sid, write)
         keys = [k.meta, k.ans, k.ev, k.due, k.outbox]
         head: list[str | int]
         match write:
@@ -246,6 +294,34 @@ class RedisSessionStore:
             case Finish(seq=seq, reason=reason):
                 head = ["finish", sid, epoch, _opt(seq), reason.status.value, reason.value]
         return _applied(await self._writer.call(self._scripts.apply, keys, head))
+
+    async def leave(self, sid: str, epoch: int) -> None:
+        """The connection of this epoch has gone: the student is offline (the ledger starts counting)."""
+        await self._writer.call(self._scripts.leave, [self.keys.session(sid).meta], [epoch])
+
+    async def control(self, sid: str, write: Control | Finish) -> Applied:
+        """A proctor's decision, persisted atomically (see control.lua)."""
+        k = self.keys.session(sid)
+        args: list[str | int]
+        match write:
+            case Control(op="extend", delta_ms=delta):
+                args = ["extend", sid, delta]
+            case Control(op="flag", flagged=flag):
+                args = ["flag", sid, int(flag)]
+            case Control(op=op):
+                args = [op, sid]
+            case Finish(reason=reason):
+                args = ["finish", sid, reason.status.value, reason.value]
+        return _controlled(await self._writer.call(self._scripts.control, [k.meta, k.due, k.outbox], args))
+
+    async def ledger(self, sid: str) -> list[tuple[int, int, int, int]]:
+        """The time ledger: (offline since, back at, gap, credited) per return after a drop."""
+        raw = await self._redis.lrange(self.keys.session(sid).ledger, 0, -1)
+        out = []
+        for entry in raw:
+            since, back, gap, credited = (int(x) for x in str(entry).split("|"))
+            out.append((since, back, gap, credited))
+        return out
 
     async def expire(self, sid: str) -> Applied:
         k = self.keys.session(sid)

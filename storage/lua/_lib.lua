@@ -10,6 +10,7 @@ end
 -- PostgreSQL, all in the caller's atomic script.
 local function finish(meta, due, outbox, sid, status, reason, now)
   redis.call('HSET', meta, 'status', status, 'reason', reason, 'finished_ms', now)
+  redis.call('PERSIST', meta)  -- a created session ended by a proctor still had its "never opened" TTL
   redis.call('ZREM', due, sid)
   redis.call('XADD', outbox, '*', 'sid', sid)
 end

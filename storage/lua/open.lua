@@ -1,12 +1,40 @@
--- A connection takes the session over: bump the fencing epoch and return the whole state.
--- KEYS[1] meta, KEYS[2] ans, KEYS[3] ev
+-- A connection takes the session over: bump the fencing epoch, mark the student online, credit the time
+-- the connection was down when the template says so, and return the whole state.
+-- KEYS[1] meta, KEYS[2] ans, KEYS[3] ev, KEYS[4] due, KEYS[5] ledger
 -- ARGV[1] the user id the connection's token names (only the owner may take the session over)
+-- ARGV[2] the client's IP address ('' when unknown)
 -- Returns {'OK', now_ms, epoch, meta (flat field/value list), answers (flat), events (list)}
 --      or {'NO_SESSION'} or {'FORBIDDEN'} (nothing is changed then).
-local meta, ans, ev = KEYS[1], KEYS[2], KEYS[3]
+local meta, ans, ev, due, ledger = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local owner = redis.call('HGET', meta, 'uid')
 if not owner then return {'NO_SESSION'} end
 if owner ~= ARGV[1] then return {'FORBIDDEN'} end
+local now = now_ms()
 local epoch = redis.call('HINCRBY', meta, 'epoch', 1)
-return {'OK', now_ms(), epoch, redis.call('HGETALL', meta), redis.call('HGETALL', ans),
+local m = redis.call('HMGET', meta, 'status', 'offline_since_ms', 'deadline_ms', 'credit_cap_ms', 'credited_ms', 'ip', 'sid')
+local status, since = m[1], tonumber(m[2])
+if since and (status == 'active' or status == 'paused') then
+  -- the time ledger: how long the student was away, and what was credited for it
+  local gap = math.max(0, now - since)
+  local credit = 0
+  local cap, credited = tonumber(m[4]) or 0, tonumber(m[5]) or 0
+  if status == 'active' and cap > 0 then
+    credit = math.max(0, math.min(gap, cap - credited))
+    if credit > 0 then
+      local deadline = tonumber(m[3]) + credit
+      redis.call('HSET', meta, 'deadline_ms', deadline)
+      redis.call('HINCRBY', meta, 'credited_ms', credit)
+      redis.call('ZADD', due, deadline, m[7])
+    end
+  end
+  redis.call('HINCRBY', meta, 'offline_total_ms', gap)
+  redis.call('RPUSH', ledger, since .. '|' .. now .. '|' .. gap .. '|' .. credit)
+end
+redis.call('HSET', meta, 'online', 1)
+redis.call('HDEL', meta, 'offline_since_ms')
+if ARGV[2] ~= '' then
+  if m[6] and m[6] ~= ARGV[2] then redis.call('HINCRBY', meta, 'ip_changes', 1) end
+  redis.call('HSET', meta, 'ip', ARGV[2])
+end
+return {'OK', now, epoch, redis.call('HGETALL', meta), redis.call('HGETALL', ans),
         redis.call('LRANGE', ev, 0, -1)}
