@@ -1,0 +1,113 @@
+"""control.lua, presence and the time ledger against real Redis."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from sessions.machine import Activate, Control, Finish, FinishReason, SaveAnswer, SavedAnswer, Status
+from storage.session_store import Opened, Outcome, RedisSessionStore
+from tests.sessions.factories import fresh, template
+
+SID = "a" * 32
+
+
+async def opened(store: RedisSessionStore, cap_s: int = 0, sid: str = SID) -> int:
+    from dataclasses import replace
+
+    tpl = replace(template(), disconnect_credit_cap_ms=cap_s * 1000)
+    assert await store.create(sid, "u1", tpl, fresh(sid=sid).paper, 1)
+    o = await store.open(sid, "u1", "10.0.0.1")
+    assert isinstance(o, Opened)
+    assert (await store.apply(sid, o.stored.epoch, Activate())).outcome is Outcome.OK
+    return o.stored.epoch
+
+
+async def test_pause_extend_resume_on_redis_clock(store: RedisSessionStore, redis: Redis) -> None:
+    await opened(store)
+    k = store.keys.session(SID)
+    deadline = int(await redis.hget(k.meta, "deadline_ms"))  # type: ignore[arg-type]
+    paused = await store.control(SID, Control("pause"))
+    assert paused.outcome is Outcome.OK and paused.status is Status.PAUSED
+    assert paused.remaining_ms is not None and 599_000 < paused.remaining_ms <= 600_000
+    assert await redis.zscore(k.due, SID) is None  # a paused session cannot expire
+    # answers are refused while paused, by Redis itself
+    stored = await store.load(SID)
+    assert stored is not None
+    q = stored.state.paper.question_ids[0]
+    ans = SaveAnswer(1, q, SavedAnswer("a", False, 0, 1, 0))
+    assert (await store.apply(SID, stored.epoch, ans)).outcome is Outcome.NOT_ACTIVE
+    more = await store.control(SID, Control("extend", delta_ms=60_000))
+    assert more.remaining_ms == paused.remaining_ms + 60_000
+    resumed = await store.control(SID, Control("resume"))
+    assert resumed.status is Status.ACTIVE and resumed.deadline_ms is not None
+    assert resumed.deadline_ms >= deadline + 60_000 - 1000
+    assert await redis.zscore(k.due, SID) == resumed.deadline_ms
+    assert (await store.apply(SID, stored.epoch, ans)).outcome is Outcome.OK
+    again = await store.control(SID, Control("resume"))
+    assert again.outcome is Outcome.NOT_ACTIVE and again.status is Status.ACTIVE
+
+
+async def test_flag_and_proctor_finishes(store: RedisSessionStore, redis: Redis) -> None:
+    await opened(store)
+    assert (await store.control(SID, Control("flag", flagged=True))).outcome is Outcome.OK
+    loaded = await store.load(SID)
+    assert loaded is not None and loaded.state.flagged
+    done = await store.control(SID, Finish(None, FinishReason.FORCED))
+    assert done.status is Status.SUBMITTED
+    loaded = await store.load(SID)
+    assert loaded is not None and loaded.state.finish_reason is FinishReason.FORCED
+    assert await redis.xlen(store.keys.session(SID).outbox) == 1
+    assert (await store.control(SID, Control("pause"))).outcome is Outcome.NOT_ACTIVE
+
+
+async def test_terminating_a_never_opened_session_keeps_its_keys(store: RedisSessionStore, redis: Redis) -> None:
+    sid = "b" * 32
+    assert await store.create(sid, "u1", template(), fresh(sid=sid).paper, 1)
+    assert (await store.control(sid, Finish(None, FinishReason.FORCED))).outcome is Outcome.NOT_ACTIVE
+    done = await store.control(sid, Finish(None, FinishReason.PROCTOR))
+    assert done.status is Status.TERMINATED
+    assert await redis.ttl(store.keys.session(sid).meta) == -1  # owned by the flusher now, not a TTL
+
+
+async def test_presence_and_the_ledger_with_automatic_credit(store: RedisSessionStore, redis: Redis) -> None:
+    epoch = await opened(store, cap_s=120)
+    k = store.keys.session(SID)
+    loaded = await store.load(SID)
+    assert loaded is not None and loaded.presence.online
+    await store.leave(SID, epoch)
+    deadline = int(await redis.hget(k.meta, "deadline_ms"))  # type: ignore[arg-type]
+    away_since = int(await redis.hget(k.meta, "offline_since_ms"))  # type: ignore[arg-type]
+    await redis.hset(k.meta, "offline_since_ms", away_since - 90_000)  # as if the student left 90 s ago
+    back = await store.open(SID, "u1", "10.0.0.2")
+    assert isinstance(back, Opened)
+    p = back.stored.presence
+    assert p.online and p.offline_since_ms is None and p.ip_changes == 1
+    assert 90_000 <= p.credited_ms < 95_000 and p.credited_ms == p.offline_total_ms
+    assert back.stored.state.deadline_ms == deadline + p.credited_ms
+    [(since, at, gap, credited)] = await store.ledger(SID)
+    assert gap == credited == p.credited_ms and at - since == gap
+    # the cap: a second long absence is credited only up to 120 s in all
+    await store.leave(SID, back.stored.epoch)
+    await redis.hset(k.meta, "offline_since_ms", away_since - 300_000)
+    third = await store.open(SID, "u1", "10.0.0.2")
+    assert isinstance(third, Opened) and third.stored.presence.credited_ms == 120_000
+
+
+async def test_a_stale_connection_leaving_changes_nothing(store: RedisSessionStore) -> None:
+    old = await opened(store)
+    await store.open(SID, "u1")  # a newer connection
+    await store.leave(SID, old)
+    loaded = await store.load(SID)
+    assert loaded is not None and loaded.presence.online
+
+
+async def test_without_credit_the_time_lost_waits_for_a_proctor(store: RedisSessionStore, redis: Redis) -> None:
+    epoch = await opened(store, cap_s=0)
+    k = store.keys.session(SID)
+    await store.leave(SID, epoch)
+    since = int(await redis.hget(k.meta, "offline_since_ms"))  # type: ignore[arg-type]
+    await redis.hset(k.meta, "offline_since_ms", since - 30_000)
+    back = await store.open(SID, "u1")
+    assert isinstance(back, Opened)
+    p = back.stored.presence
+    assert p.credited_ms == 0 and 30_000 <= p.uncredited_ms(back.now_ms) < 35_000
