@@ -23,11 +23,12 @@ from server.metrics import Metrics
 from server.services import SERVICES, Services
 from server.settings import Durability, Settings
 from storage import pg
-from storage.cache import TieredCache
+from storage.analytics import ScoreEntry
+from storage.cache import TieredCache, flushed_tags
 from storage.catalog import Catalog
 from storage.durability import redis_problems
 from storage.errors import UnsafeRedisConfig
-from storage.flusher import Flusher
+from storage.flusher import Flusher, OnCommitted
 from storage.keys import Keys
 from storage.migrate import migrate
 from storage.ratelimit import Limit, RedisLimiter
@@ -74,6 +75,15 @@ async def _listen_fences(redis: AnyRedis, keys: Keys, hub: Hub) -> None:
             await asyncio.sleep(1)
 
 
+def invalidate_after_flush(cache: TieredCache) -> OnCommitted:
+    """The flusher's post-commit hook: the stored attempts' users, templates and the analytics, in one call."""
+
+    async def invalidate(attempts: list[ScoreEntry]) -> None:
+        await cache.invalidate(*flushed_tags(attempts))
+
+    return invalidate
+
+
 async def open_services(settings: Settings) -> Services:
     if settings.database_url is None or settings.redis_url is None or settings.secret is None:
         raise ValueError("open_services needs database_url, redis_url and secret (the CLI fills them in)")
@@ -99,12 +109,6 @@ async def open_services(settings: Settings) -> Services:
         store = RedisSessionStore(redis, writer, scripts, keys, settings.created_ttl_s)
         catalog = Catalog(pool)
         consumer = f"{socket.gethostname()}-{os.getpid()}-{id(writer) & 0xFFFF:04x}"
-        flusher = Flusher(
-            redis, pool, store, scripts, catalog, consumer,
-            batch=settings.flush_batch, claim_idle_ms=settings.flush_claim_idle_ms,
-            flushed_ttl_s=settings.flushed_ttl_s, observer=metrics,
-        )  # fmt: skip
-        await flusher.ensure_groups()
         sweeper = Sweeper(redis, store, settings.sweep_interval_s)
         cache_redis = connect_redis(settings, decode=False)
         cache = TieredCache(
@@ -114,6 +118,12 @@ async def open_services(settings: Settings) -> Services:
             observer=metrics,
             enabled=settings.cache_enabled,
         )
+        flusher = Flusher(
+            redis, pool, store, scripts, catalog, consumer,
+            batch=settings.flush_batch, claim_idle_ms=settings.flush_claim_idle_ms,
+            flushed_ttl_s=settings.flushed_ttl_s, observer=metrics, on_committed=invalidate_after_flush(cache),
+        )  # fmt: skip
+        await flusher.ensure_groups()
     except BaseException:
         for client in (redis, cache_redis):
             if client is not None:

@@ -41,15 +41,16 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
-from sessions.model import Question
 from storage import pg
+from storage.analytics import ScoreEntry
 from storage.scripts import AnyRedis
 
 log = logging.getLogger(__name__)
@@ -238,20 +239,36 @@ async def _plain(loader: Loader) -> Any:
     return None if value is None else json.loads(json.dumps(value))
 
 
-# ---- shared content: the names that readers and `examhub cache warm` agree on ------------------------------
+# ---- shared content: the names that readers, writers and `examhub cache warm` agree on ---------------------
 #
-# What            Tier  Key                                   Tags                    Invalidated by
-# active list     warm  templates:active                      templates               template create/update/archive
-# one template    warm  templates:<id>                        templates               the same
-# question set    warm  qset:<bank>:<topic>:<difficulty>      questions, bank:<bank>  question or bank membership edits
-# (see the report of issue #3 for user performance, statistics, leaderboards and topic analytics)
+# What              Tier  Key                                  Tags                  Invalidated by
+# active list       warm  templates:active                     templates             template create/update/archive
+# one template      warm  templates:<id>                       templates             the same
+# question set      warm  qset:<bank>:<topic>:<difficulty>     questions, bank:<id>  a question write, for each bank
+#                                                                                    holding the question; membership
+#                                                                                    edits and imports of that bank
+# user performance  warm  user-perf:<uid>:<params>             user:<uid>            the flusher storing an attempt
+#                         (default parameters only)                                  of that user
+# global figures    cold  analytics:global                     analytics             every flush pass storing attempts
+# topic analytics   cold  analytics:topics:<template>:<days>   analytics             the same
+# leaderboard top   cold  leaderboard:<template>:<board>       leaderboard:<id>      a flush pass storing an attempt
+#                         (the top LEADERBOARD_TOP, names too)                       of that template
+# `questions` is on every question set, so `examhub cache invalidate questions` drops them all; the REST writes
+# invalidate only the banks they touch.
 
 TEMPLATES_TAG = "templates"
 TEMPLATE_LIST_KEY = "templates:active"
+ANALYTICS_TAG = "analytics"
+GLOBAL_ANALYTICS_KEY = "analytics:global"
+LEADERBOARD_TOP = 100  # the largest `limit` a leaderboard read may ask for: one entry serves every limit
 
 
 def template_key(template_id: int) -> str:
     return f"templates:{template_id}"
+
+
+def bank_tag(bank_id: int) -> str:
+    return f"bank:{bank_id}"
 
 
 def question_set_key(bank_id: int, topic: str, difficulty: str) -> str:
@@ -259,37 +276,87 @@ def question_set_key(bank_id: int, topic: str, difficulty: str) -> str:
 
 
 def question_set_tags(bank_id: int) -> tuple[str, ...]:
-    return ("questions", f"bank:{bank_id}")
+    return ("questions", bank_tag(bank_id))
 
 
-def public_question(q: Question) -> dict[str, Any]:
-    """A question without its answer key or explanation: safe to show before an attempt."""
+def user_tag(user_id: uuid.UUID | str) -> str:
+    return f"user:{uuid.UUID(str(user_id))}"  # one spelling whatever the caller holds
+
+
+def user_performance_key(user_id: uuid.UUID | str, params: str) -> str:
+    return f"user-perf:{uuid.UUID(str(user_id))}:{params}"
+
+
+def topic_analytics_key(template_id: int | None, days: int | None) -> str:
+    return f"analytics:topics:{template_id or 'all'}:{days or 'all'}"
+
+
+def leaderboard_tag(template_id: int) -> str:
+    return f"leaderboard:{template_id}"
+
+
+def leaderboard_key(template_id: int, board: str) -> str:
+    """`board` names the period's board ("all", "2024-03-06", "2024-W10"): a new day is a new entry."""
+    return f"leaderboard:{template_id}:{board}"
+
+
+def flushed_tags(attempts: Iterable[ScoreEntry]) -> list[str]:
+    """What a flush pass that stored these attempts makes stale: their users' performance, their templates'
+    leaderboards, and the analytics (once)."""
+    tags = {ANALYTICS_TAG}
+    for template_id, _sid, user_id, _score, _finished_at in attempts:
+        tags.add(user_tag(user_id))
+        tags.add(leaderboard_tag(template_id))
+    return sorted(tags)
+
+
+async def question_bank_tags(pool: pg.Pool, question_ids: Sequence[int]) -> list[str]:
+    """The bank tags of every bank holding any of these questions (read after the write that changed them)."""
+    rows = await pool.fetch(
+        "SELECT DISTINCT bank_id FROM question_bank_members WHERE question_id = ANY($1::bigint[]) ORDER BY bank_id",
+        list(question_ids),
+    )
+    return [bank_tag(r["bank_id"]) for r in rows]
+
+
+# never q.correct nor q.explanation: what is not selected cannot leak into a student's set
+_PUBLIC_COLUMNS = (
+    "q.id, q.subject, q.curriculum, q.grade, q.topic, q.difficulty, q.category, q.text, q.options, q.marks"
+)
+_LIVE_MEMBERS = """FROM questions q JOIN question_bank_members m ON m.question_id = q.id
+                   WHERE m.bank_id = $1 AND q.retired_at IS NULL AND q.verification_status <> 'rejected'"""
+
+
+def public_question(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A question without its answer key or explanation, safe to show before an attempt: the fields of a
+    student's practice question (PublicQuestionOut in server/routes/questions.py)."""
     return {
-        "id": q.id,
-        "topic": q.topic,
-        "difficulty": q.difficulty.value,
-        "text": q.text,
-        "options": [{"id": o.id, "text": o.text} for o in q.options],
-        "marks": q.marks,
+        "id": row["id"],
+        "subject": row["subject"],
+        "curriculum": row["curriculum"],
+        "grade": row["grade"],
+        "topic": row["topic"],
+        "difficulty": row["difficulty"],
+        "category": row["category"],
+        "text": row["text"],
+        "options": [{"id": o["id"], "text": o["text"]} for o in row["options"]],
+        "marks": row["marks"],
     }
 
 
 async def question_sets(pool: pg.Pool, bank_id: int) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """A bank's live questions (public form) grouped by (topic, difficulty), in id order."""
     sets: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for q in await pg.fetch_bank_questions(pool, bank_id):
-        sets.setdefault((q.topic, q.difficulty.value), []).append(public_question(q))
+    for r in await pool.fetch(f"SELECT {_PUBLIC_COLUMNS} {_LIVE_MEMBERS} ORDER BY q.id", bank_id):
+        sets.setdefault((r["topic"], r["difficulty"]), []).append(public_question(r))
     return sets
 
 
 async def load_question_set(pool: pg.Pool, bank_id: int, topic: str, difficulty: str) -> list[dict[str, Any]] | None:
-    """The loader of `question_set_key`: None (nothing cached) when the bank has no such questions."""
+    """The loader of `question_set_key`: None (nothing cached) when the bank has no such questions, so only
+    sets that exist ever get a key, whatever topic a request names."""
     rows = await pool.fetch(
-        """SELECT q.id, q.topic, q.difficulty, q.text, q.options, q.correct, q.explanation, q.marks
-             FROM questions q JOIN question_bank_members m ON m.question_id = q.id
-            WHERE m.bank_id = $1 AND q.topic = $2 AND q.difficulty = $3
-              AND q.retired_at IS NULL AND q.verification_status <> 'rejected'
-            ORDER BY q.id""",
+        f"SELECT {_PUBLIC_COLUMNS} {_LIVE_MEMBERS} AND q.topic = $2 AND q.difficulty = $3 ORDER BY q.id",
         bank_id, topic, difficulty,
     )  # fmt: skip
-    return [public_question(pg.question_from_row(r)) for r in rows] or None
+    return [public_question(r) for r in rows] or None

@@ -6,9 +6,11 @@ Each hub process runs one consumer of the `flushers` group on every partition's 
   2. loads those sessions' state from Redis and scores them with the pure core;
   3. writes attempts, per-topic analytics, responses and anti-cheat events in ONE transaction, by COPY into
      temporary staging tables and INSERT ... ON CONFLICT DO NOTHING (so a replayed entry adds nothing);
-  4. only after the commit, acknowledges and deletes each entry and sets its session keys' final TTL
-     (flushed.lua), atomically per session.
-A crash anywhere leaves the entry pending; whoever picks it up next writes nothing twice.
+  4. only after the commit, records the scores on the leaderboards, tells the `on_committed` hook (the app
+     invalidates the cached reads the new attempts made stale), then acknowledges and deletes each entry and
+     sets its session keys' final TTL (flushed.lua), atomically per session.
+A crash anywhere leaves the entry pending; whoever picks it up next writes nothing twice (and calls the hook
+again, which only invalidates again).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -117,6 +119,11 @@ async def write_rows(conn: Any, rows: Rows) -> list[str]:
     return inserted
 
 
+OnCommitted = Callable[[list[analytics.ScoreEntry]], Awaitable[None]]
+"""Called after each commit with the pass's attempts (template_id, session_id, user_id, score, finished_at),
+replayed ones included; what it raises is logged and the pass goes on."""
+
+
 class FlushObserver(Protocol):
     """Told what each pass saw and did (server/metrics.py exports it; storage/ does not import server/)."""
 
@@ -149,6 +156,7 @@ class Flusher:
         flushed_ttl_s: int = 3600,
         idle_sleep_s: float = 0.2,
         observer: FlushObserver | None = None,
+        on_committed: OnCommitted | None = None,
     ) -> None:
         self._redis = redis
         self._pool = pool
@@ -164,6 +172,7 @@ class Flusher:
         self._last_claim = 0.0
         self.flushed = 0
         self._observer = observer
+        self._on_committed = on_committed
 
     async def ensure_groups(self) -> None:
         for p in range(PARTITIONS):
@@ -267,21 +276,33 @@ class Flusher:
         committed_ms = time.time() * 1000
         # Leaderboards after the commit, before the acknowledgement: a crash in between replays the entry,
         # and ZADD GT makes recording a score twice harmless.
-        await analytics.record_scores(
-            self._redis, self._keys.prefix, [(r[2], r[0], r[1], r[5], r[14]) for r in rows.attempts]
-        )
+        scores: list[analytics.ScoreEntry] = [(r[2], r[0], r[1], r[5], r[14]) for r in rows.attempts]
+        await analytics.record_scores(self._redis, self._keys.prefix, scores)
+        if scores and self._on_committed is not None:
+            await self._tell(self._on_committed, scores)
         await self._acknowledge(done)
         self.flushed += len(rows.attempts)
         if self._observer is not None and finished_ms:
             self._observer.on_flushed([(committed_ms - f) / 1000 for f in finished_ms])
         return len(entries)
 
+    async def _tell(self, hook: OnCommitted, scores: list[analytics.ScoreEntry]) -> None:
+        try:
+            await hook(scores)
+        except Exception:
+            # The attempts are stored: a failed hook must not make the pass replay them. What it would have
+            # invalidated stays stale until its TTL (a user's performance up to the warm tier's 3 h).
+            log.warning(
+                "flusher: the post-commit hook failed for %d attempt(s); their cached reads stay stale until "
+                "their TTL", len(scores), exc_info=True,
+            )  # fmt: skip
+
     async def _acknowledge(self, entries: Sequence[Entry]) -> None:
         pipe = self._redis.pipeline(transaction=False)
         for e in entries:
             k = self._keys.session(e.sid)
             pipe.evalsha(
-                self._scripts.flushed.sha, 4, e.stream, k.meta, k.ans, k.ev,
+                self._scripts.flushed.sha, 5, e.stream, k.meta, k.ans, k.ev, k.ledger,
                 FLUSH_GROUP, e.entry_id, self._flushed_ttl_s,
             )  # fmt: skip
         try:

@@ -12,8 +12,7 @@ api = Api()
 
 
 def load() -> Api:
-    """Import every route module (each registers on `api`) and return it."""
-    if not api.endpoints:
-        for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-            importlib.import_module(f"{__name__}.{info.name}")
+    """Import every route module (each registers on `api` when first imported) and return it."""
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        importlib.import_module(f"{__name__}.{info.name}")
     return api

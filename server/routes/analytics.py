@@ -1,5 +1,10 @@
 """Platform and template analytics: global figures, topics, item analysis, reliability, leaderboards,
-an attempt's rank and percentile, and the periodic reports."""
+an attempt's rank and percentile, and the periodic reports.
+
+Cached in the cold tier (storage/cache.py), and invalidated by the flusher when it stores attempts: the global
+figures, topic analytics over canonical windows, and each leaderboard's top entries (the caller's own place is
+read fresh on every request, so no user ever sees another's).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,17 @@ from server.api import ANY_USER, STAFF, Ctx, Strict, fail
 from server.routes import api
 from server.routes.sessions import SESSION_ID
 from sessions import stats
-from storage import analytics
+from storage import analytics, pg
+from storage.cache import (
+    ANALYTICS_TAG,
+    GLOBAL_ANALYTICS_KEY,
+    LEADERBOARD_TOP,
+    Tier,
+    leaderboard_key,
+    leaderboard_tag,
+    topic_analytics_key,
+)
+from storage.scripts import AnyRedis
 
 TEMPLATE = r"/api/templates/{id:\d+}"
 Id = Annotated[int, Field(ge=1, le=2**63 - 1)]
@@ -42,15 +57,24 @@ class GlobalOut(BaseModel):
 
 
 @api.get("/api/analytics/global", response=GlobalOut, roles=ANY_USER, tag="analytics")
-async def global_analytics(ctx: Ctx[None, None]) -> GlobalOut:
+async def global_analytics(ctx: Ctx[None, None]) -> dict[str, Any]:
     """Platform figures: users, sessions (live ones too), attempts, average score, questions."""
     s = ctx.services
-    return GlobalOut(**await analytics.global_stats(s.pool, s.redis, s.store.keys, datetime.now(UTC)))
+
+    async def load() -> dict[str, Any]:
+        stats_ = await analytics.global_stats(s.pool, s.redis, s.store.keys, datetime.now(UTC))
+        return GlobalOut(**stats_).model_dump(mode="json")
+
+    found: dict[str, Any] = await s.cache.get_or_load(Tier.COLD, GLOBAL_ANALYTICS_KEY, load, tags=(ANALYTICS_TAG,))
+    return found
 
 
 class TopicsQuery(Strict):
-    template_id: Id | None = None
+    template_id: Id | None = None  # 404 when there is no such template
     days: Annotated[int, Field(ge=1, le=3650)] | None = None  # only attempts finished in the last N days
+
+
+CACHED_DAYS = frozenset({1, 7, 30, 90, 365})  # the windows a dashboard asks for; any other is computed each time
 
 
 class TopicStatOut(BaseModel):
@@ -69,18 +93,30 @@ class TopicsOut(BaseModel):
 
 
 @api.get("/api/analytics/topics", query=TopicsQuery, response=TopicsOut, roles=STAFF, tag="analytics")
-async def topic_analytics(ctx: Ctx[None, TopicsQuery]) -> TopicsOut:
+async def topic_analytics(ctx: Ctx[None, TopicsQuery]) -> dict[str, Any]:
     """Per topic, over stored responses: attempts, accuracy, average time."""
-    q = ctx.query
-    since = datetime.now(UTC) - timedelta(days=q.days) if q.days else None
-    rows = await analytics.topic_stats(ctx.services.pool, q.template_id, since)
+    q, pool = ctx.query, ctx.services.pool
+    if q.template_id is not None and await analytics.template_row(pool, q.template_id) is None:
+        fail(404, "template_not_found", f"template {q.template_id} does not exist")
+    if q.days is not None and q.days not in CACHED_DAYS:
+        return await load_topics(pool, q.template_id, q.days)
+    found: dict[str, Any] = await ctx.services.cache.get_or_load(
+        Tier.COLD, topic_analytics_key(q.template_id, q.days), lambda: load_topics(pool, q.template_id, q.days),
+        tags=(ANALYTICS_TAG,),
+    )  # fmt: skip
+    return found
+
+
+async def load_topics(pool: pg.Pool, template_id: int | None, days: int | None) -> dict[str, Any]:
+    since = datetime.now(UTC) - timedelta(days=days) if days else None
+    rows = await analytics.topic_stats(pool, template_id, since)
     return TopicsOut(
         topics=[
             TopicStatOut(**dict(r), accuracy=r["correct"] / r["answered"] if r["answered"] else None,
                          facility=r["correct"] / r["seen"] if r["seen"] else None)
             for r in rows
         ]
-    )  # fmt: skip
+    ).model_dump(mode="json")  # fmt: skip
 
 
 # ---- item analysis and reliability -----------------------------------------------------------------------
@@ -218,7 +254,7 @@ async def reliability(ctx: Ctx[None, ReliabilityQuery]) -> ReliabilityOut:
 
 class LeaderboardQuery(Strict):
     period: analytics.Period = "all"
-    limit: Annotated[int, Field(ge=1, le=100)] = 10
+    limit: Annotated[int, Field(ge=1, le=LEADERBOARD_TOP)] = 10
 
 
 class LeaderOut(BaseModel):
@@ -246,15 +282,29 @@ async def leaderboard(ctx: Ctx[None, LeaderboardQuery]) -> LeaderboardOut:
     prefix = s.settings.redis_prefix
     await analytics.ensure_boards(s.redis, s.pool, prefix, tid, now)
     b = analytics.board(prefix, tid, q.period, now)
+    name = b.key.rsplit(":", 1)[-1]
+    # shared by every caller: the top LEADERBOARD_TOP with their names, sliced to the limit asked for
+    top: list[dict[str, Any]] = await s.cache.get_or_load(
+        Tier.COLD, leaderboard_key(tid, name), lambda: load_top(s.redis, s.pool, b), tags=(leaderboard_tag(tid),)
+    )
     me = str(ctx.me.user_id)
-    top, mine = await analytics.read_board(s.redis, b, q.limit, me=me)
-    names = await analytics.display_names(s.pool, [e.user_id for e in top] + [me])
+    _, mine = await analytics.read_board(s.redis, b, 1, me=me)  # the caller's own place: never cached
+    my_name = next((e["display_name"] for e in top if e["user_id"] == me), None)
+    if mine is not None and my_name is None:
+        my_name = (await analytics.display_names(s.pool, [me])).get(me, "")
+    entries = [LeaderOut(rank=e["rank"], display_name=e["display_name"], score=e["score"], is_me=e["user_id"] == me)
+               for e in top[: q.limit]]  # fmt: skip
+    return LeaderboardOut(template_id=tid, period=q.period, board=name, entries=entries,
+                          me=LeaderOut(rank=mine.rank, display_name=my_name or "", score=mine.score, is_me=True)
+                          if mine else None)  # fmt: skip
 
-    def out(e: analytics.BoardEntry) -> LeaderOut:
-        return LeaderOut(rank=e.rank, display_name=names.get(e.user_id, ""), score=e.score, is_me=e.user_id == me)
 
-    return LeaderboardOut(template_id=tid, period=q.period, board=b.key.rsplit(":", 1)[-1],
-                          entries=[out(e) for e in top], me=out(mine) if mine else None)  # fmt: skip
+async def load_top(redis: AnyRedis, pool: pg.Pool, b: analytics.Board) -> list[dict[str, Any]]:
+    """A board's top LEADERBOARD_TOP entries with display names (the cold tier's leaderboard entry)."""
+    top, _ = await analytics.read_board(redis, b, LEADERBOARD_TOP)
+    names = await analytics.display_names(pool, [e.user_id for e in top])
+    return [{"rank": e.rank, "user_id": e.user_id, "display_name": names.get(e.user_id, ""), "score": e.score}
+            for e in top]  # fmt: skip
 
 
 class RankOut(BaseModel):

@@ -1,7 +1,7 @@
 """Question banks: create, list, membership, and bulk import of questions from JSON, CSV or Moodle XML.
 
 Templates draw their papers from a bank's active, non-rejected members; every membership change drops the
-in-process catalog's cached banks.
+in-process catalog's cached banks and the bank's cached question sets (storage/cache.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from server.routes import api
 from server.routes.questions import QuestionList, question_out
 from storage import importers
 from storage import questions as repo
+from storage.cache import bank_tag
 from storage.importers import Label
 
 Slug = Annotated[str, Field(min_length=2, max_length=60, pattern=r"^[a-z0-9][a-z0-9-]*$")]
@@ -145,6 +146,8 @@ async def add_bank_questions(ctx: Ctx[MembersIn, None]) -> MembershipOut:
     except repo.NotAddable as exc:
         fail(422, "invalid_body", f"question_ids: {exc}")
     ctx.services.catalog.invalidate()
+    if added:
+        await ctx.services.cache.invalidate(bank_tag(bank_id))
     return MembershipOut(bank_id=bank_id, added=added, questions=(await _bank(ctx)).questions)
 
 
@@ -157,6 +160,8 @@ async def remove_bank_questions(ctx: Ctx[MembersIn, None]) -> MembershipOut:
     except repo.BankNotFound:
         fail(404, "bank_not_found", "no such bank")
     ctx.services.catalog.invalidate()
+    if removed:
+        await ctx.services.cache.invalidate(bank_tag(bank_id))
     return MembershipOut(bank_id=bank_id, removed=removed, questions=(await _bank(ctx)).questions)
 
 
@@ -211,6 +216,8 @@ async def import_questions(ctx: Ctx[None, ImportQuery]) -> ImportOut:
         fail(404, "bank_not_found", "no such bank")
     if report.imported or report.duplicates:
         ctx.services.catalog.invalidate()
+        if not report.dry_run:  # new questions are in this bank only; duplicates joined this bank only
+            await ctx.services.cache.invalidate(bank_tag(bank_id))
     return ImportOut(
         imported=report.imported, duplicates=report.duplicates, failed=report.failed, dry_run=report.dry_run,
         rows=[ImportRowOut(row=r.row, ok=r.ok, status=r.status, id=r.id, error=r.error, note=r.note)

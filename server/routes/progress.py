@@ -1,4 +1,9 @@
-"""A student's own record: performance (accuracy, speed, topics, trend, advice) and attempt history."""
+"""A student's own record: performance (accuracy, speed, topics, trend, advice) and attempt history.
+
+Performance with the default parameters (what a dashboard asks for) is cached in the warm tier per user, under
+the tag the flusher invalidates when it stores that user's attempt; other parameters are computed each time, so
+no client can grow the key space (the cache shares Redis with live exams).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ from pydantic import BaseModel, Field
 from server.api import ANY_USER, STAFF, Ctx, Strict, fail
 from server.routes import api
 from sessions import stats
-from storage import analytics
+from storage import analytics, pg
+from storage.cache import Tier, user_performance_key, user_tag
 
 USER_ID = r"{id:[0-9a-fA-F-]{32,36}}"
 
@@ -121,10 +127,28 @@ def _point(r: Any) -> TrendPoint:
     return TrendPoint(**dict(r), percent=100 * r["score"] / r["max_score"] if r["max_score"] else None)
 
 
-async def _performance(ctx: Ctx[None, PerformanceQuery], user_id: uuid.UUID) -> PerformanceOut:
+DEFAULT_PERFORMANCE = PerformanceQuery()
+
+
+async def _performance(ctx: Ctx[None, PerformanceQuery], user_id: uuid.UUID) -> dict[str, Any]:
     pool, q = ctx.services.pool, ctx.query
-    if not await pool.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id):
+    if q == DEFAULT_PERFORMANCE:
+        params = ",".join(f"{k}={v}" for k, v in sorted(q.model_dump().items()))
+        found: dict[str, Any] | None = await ctx.services.cache.get_or_load(
+            Tier.WARM, user_performance_key(user_id, params), lambda: load_performance(pool, user_id, q),
+            tags=(user_tag(user_id),),
+        )  # fmt: skip
+    else:
+        found = await load_performance(pool, user_id, q)
+    if found is None:
         fail(404, "user_not_found", "no such user")
+    return found
+
+
+async def load_performance(pool: pg.Pool, user_id: uuid.UUID, q: PerformanceQuery) -> dict[str, Any] | None:
+    """A user's performance as the endpoints return it; None (never cached) when there is no such user."""
+    if not await pool.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id):
+        return None
     totals = await analytics.attempt_totals(pool, user_id)
     topics = await analytics.topic_tallies(pool, user_id)
     levels = await analytics.level_tallies(pool, user_id)
@@ -152,17 +176,17 @@ async def _performance(ctx: Ctx[None, PerformanceQuery], user_id: uuid.UUID) -> 
         weaknesses=weak,
         trend=TrendOut(attempts=[_point(r) for r in recent], slope=tr.slope, direction=tr.direction),
         recommendations=[RecommendationOut(**asdict(r)) for r in recs],
-    )
+    ).model_dump(mode="json")
 
 
 @api.get("/api/users/me/performance", query=PerformanceQuery, response=PerformanceOut, roles=ANY_USER)
-async def my_performance(ctx: Ctx[None, PerformanceQuery]) -> PerformanceOut:
+async def my_performance(ctx: Ctx[None, PerformanceQuery]) -> dict[str, Any]:
     """The caller's accuracy, speed, per-topic strengths and weaknesses, trend and what to practise next."""
     return await _performance(ctx, ctx.me.user_id)
 
 
 @api.get(f"/api/users/{USER_ID}/performance", query=PerformanceQuery, response=PerformanceOut, roles=ANY_USER)
-async def user_performance(ctx: Ctx[None, PerformanceQuery]) -> PerformanceOut:
+async def user_performance(ctx: Ctx[None, PerformanceQuery]) -> dict[str, Any]:
     """A user's performance (staff, or the user themself)."""
     return await _performance(ctx, _user_param(ctx))
 

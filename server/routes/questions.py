@@ -3,10 +3,16 @@
 An edit never rewrites history: a question that a paper already holds is replaced by a new question (the
 response carries the new id and `replaces`), the old one is retired with `replaced_by`. Questions no paper
 has held are edited in place. See storage/questions.py.
+
+A student's practice draw naming a bank and a topic is sampled from the warm tier's question sets by (bank,
+topic, difficulty) (storage/cache.py); every write invalidates the sets of the banks holding the question.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
+from collections.abc import Awaitable, Sequence
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -17,6 +23,7 @@ from server.auth import Role
 from server.routes import api
 from sessions.model import Difficulty
 from storage import questions as repo
+from storage.cache import Tier, load_question_set, question_bank_tags, question_set_key, question_set_tags
 from storage.importers import QuestionDraft, QuestionFields
 
 Status = Literal["unverified", "verified", "rejected"]
@@ -153,6 +160,13 @@ def duplicate_response(exc: repo.DuplicateQuestion) -> web.Response:
     return web.json_response(body, status=409)
 
 
+async def invalidate_sets(ctx: Ctx[Any, Any], question_ids: Sequence[int]) -> None:
+    """After a write to these questions: drop the cached question sets of every bank holding one of them. A
+    question in no bank is in no set (a new one, say), so nothing is dropped for it."""
+    tags = await question_bank_tags(ctx.services.pool, question_ids)
+    await ctx.services.cache.invalidate(*tags)
+
+
 async def _found(ctx: Ctx[Any, Any], question_id: int) -> QuestionOut:
     row = await repo.get(ctx.services.pool, question_id)
     if row is None:
@@ -167,7 +181,7 @@ async def create_question(ctx: Ctx[QuestionIn, None]) -> QuestionOut | web.Respo
         new_id = await repo.create(ctx.services.pool, ctx.body)
     except repo.DuplicateQuestion as exc:
         return duplicate_response(exc)
-    return await _found(ctx, new_id)
+    return await _found(ctx, new_id)  # in no bank yet, so in no cached question set: nothing to invalidate
 
 
 @api.get("/api/questions", query=SearchQuery, response=QuestionList, roles=STAFF)
@@ -187,14 +201,36 @@ async def search_questions(ctx: Ctx[None, SearchQuery]) -> QuestionList:
 async def random_questions(ctx: Ctx[None, RandomQuery]) -> RandomOut:
     """Up to `count` random active questions for practice; students get them without answers."""
     q = ctx.query
+    student = ctx.me.role is Role.STUDENT
+    if student and q.bank_id is not None and q.topic is not None:
+        return RandomOut(full=False, questions=await _cached_sample(ctx, q.bank_id, q.topic))
     filters = repo.Filters(
         topic=q.topic, difficulty=q.difficulty, curriculum=q.curriculum,
         grade=q.grade, subject=q.subject, bank_id=q.bank_id,
     )  # fmt: skip
     rows = await repo.random_sample(ctx.services.pool, filters, q.count)
-    if ctx.me.role is Role.STUDENT:
+    if student:
         return RandomOut(full=False, questions=[public_out(r) for r in rows])
     return RandomOut(full=True, questions=[question_out(r) for r in rows])
+
+
+async def _cached_sample(ctx: Ctx[None, RandomQuery], bank_id: int, topic: str) -> list[PublicQuestionOut]:
+    """The draw from the cached sets (no difficulty named: the three of the topic). Only a set that exists is
+    stored, so a request naming anything else costs a query but no key (the cache shares Redis with exams)."""
+    q, pool, cache = ctx.query, ctx.services.pool, ctx.services.cache
+    levels = [q.difficulty] if q.difficulty is not None else [d.value for d in Difficulty]
+
+    def load(level: str) -> Awaitable[Any]:
+        return cache.get_or_load(
+            Tier.WARM, question_set_key(bank_id, topic, level),
+            lambda: load_question_set(pool, bank_id, topic, level), tags=question_set_tags(bank_id),
+        )  # fmt: skip
+
+    sets: list[list[dict[str, Any]] | None] = await asyncio.gather(*(load(level) for level in levels))
+    wanted = {k: v for k, v in (("curriculum", q.curriculum), ("grade", q.grade), ("subject", q.subject)) if v}
+    found = [x for s in sets for x in s or () if all(x[k] == v for k, v in wanted.items())]
+    picked = random.sample(found, min(q.count, len(found)))  # practice, not secrets: no CSPRNG needed
+    return [PublicQuestionOut(**x) for x in picked]
 
 
 @api.get("/api/questions/duplicates", query=PageQuery, response=DuplicateList, roles=STAFF)
@@ -225,6 +261,7 @@ async def update_question(ctx: Ctx[QuestionUpdate, None]) -> QuestionOut | web.R
         return duplicate_response(exc)
     if edited.changed:
         ctx.services.catalog.invalidate()
+        await invalidate_sets(ctx, [ctx.path_int("id"), edited.id])
     return await _found(ctx, edited.id)
 
 
@@ -236,6 +273,7 @@ async def retire_question(ctx: Ctx[None, None]) -> QuestionOut:
     except repo.QuestionNotFound:
         fail(404, "question_not_found", "no such question")
     ctx.services.catalog.invalidate()
+    await invalidate_sets(ctx, [ctx.path_int("id")])
     return await _found(ctx, ctx.path_int("id"))
 
 
@@ -252,4 +290,5 @@ async def review_question(ctx: Ctx[ReviewIn, None]) -> QuestionOut:
     except repo.UnknownUser as exc:
         fail(401, "unauthorized", str(exc))
     ctx.services.catalog.invalidate()
+    await invalidate_sets(ctx, [qid])
     return await _found(ctx, qid)

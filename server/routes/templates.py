@@ -41,6 +41,9 @@ class TemplateConfig(Strict):
     mix: MixIn = MixIn()
     duration_s: Annotated[int, Field(ge=60, le=24 * 3600)]
     grace_s: Annotated[int, Field(ge=0, le=60)] = 5
+    # time lost to dropped connections given back automatically, up to this much per attempt (0: a proctor
+    # gives it with one click from the dashboard)
+    disconnect_credit_cap_s: Annotated[int, Field(ge=0, le=3600)] = 0
     scheme: SchemeIn = SchemeIn()
     policy: PolicyIn = PolicyIn()
     shuffle_questions: bool = True
