@@ -20,6 +20,7 @@ from server.auth import Auth, TokenError
 from server.closecodes import Close
 from server.hub import Hub, student_ws
 from server.metrics import Metrics
+from server.proctor import Rooms, listen_control, proctor_ws
 from server.services import SERVICES, Services
 from server.settings import Durability, Settings
 from storage import pg
@@ -56,29 +57,12 @@ def connect_redis(settings: Settings, *, decode: bool = True) -> AnyRedis:
     )
 
 
-async def _listen_fences(redis: AnyRedis, keys: Keys, hub: Hub) -> None:
-    """Close local connections that a newer connection (on any process) has taken over."""
-    if isinstance(redis, RedisCluster):
-        return  # cluster fan-out arrives with sharded pub/sub; fencing itself is enforced by the epoch check
-    while True:
-        try:
-            async with redis.pubsub(ignore_subscribe_messages=True) as ps:
-                await ps.subscribe(keys.fence_channel)
-                async for message in ps.listen():
-                    sid, _, epoch = str(message["data"]).partition(" ")
-                    if epoch.isdigit():
-                        hub.on_fence(sid, int(epoch))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # connection lost: resubscribe; missed fences are caught by the epoch check
-            log.warning("fence listener: %s; resubscribing", exc)
-            await asyncio.sleep(1)
-
-
-def invalidate_after_flush(cache: TieredCache) -> OnCommitted:
-    """The flusher's post-commit hook: the stored attempts' users, templates and the analytics, in one call."""
+def invalidate_after_flush(cache: TieredCache, store: RedisSessionStore) -> OnCommitted:
+    """The flusher's post-commit hook: drop the stored attempts from their rooms' member lists, and invalidate
+    their users, templates and the analytics in the cache, in one call."""
 
     async def invalidate(attempts: list[ScoreEntry]) -> None:
+        await store.forget_members([(a[0], a[1]) for a in attempts])
         await cache.invalidate(*flushed_tags(attempts))
 
     return invalidate
@@ -121,7 +105,7 @@ async def open_services(settings: Settings) -> Services:
         flusher = Flusher(
             redis, pool, store, scripts, catalog, consumer,
             batch=settings.flush_batch, claim_idle_ms=settings.flush_claim_idle_ms,
-            flushed_ttl_s=settings.flushed_ttl_s, observer=metrics, on_committed=invalidate_after_flush(cache),
+            flushed_ttl_s=settings.flushed_ttl_s, observer=metrics, on_committed=invalidate_after_flush(cache, store),
         )  # fmt: skip
         await flusher.ensure_groups()
     except BaseException:
@@ -131,10 +115,12 @@ async def open_services(settings: Settings) -> Services:
         await pool.close()
         raise
     auth = Auth(settings.secret)
-    return Services(
+    services = Services(
         settings, auth, pool, redis, writer, store, catalog, flusher, sweeper, Hub(metrics),
         metrics=metrics, cache=cache, cache_redis=cache_redis, limiter=RedisLimiter(redis, settings.redis_prefix),
     )  # fmt: skip
+    services.rooms = Rooms(services)
+    return services
 
 
 async def close_services(services: Services) -> None:
@@ -192,7 +178,9 @@ def create_app(settings: Settings) -> web.Application:
         if settings.run_background:
             services.background(services.flusher.run())
             services.background(services.sweeper.run())
-        services.background(_listen_fences(services.redis, services.store.keys, services.hub))
+        services.background(listen_control(services))
+        services.background(services.rooms.run_publisher())
+        services.background(services.rooms.run_subscriber())
         yield
         await close_services(services)
 
@@ -205,4 +193,5 @@ def create_app(settings: Settings) -> web.Application:
     routes.load().install(app)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/ws/student", student_ws)
+    app.router.add_get("/ws/proctor", proctor_ws)
     return app

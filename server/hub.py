@@ -37,6 +37,7 @@ from sessions.machine import (
     Finished,
     Open,
     SessionState,
+    Status,
     Write,
     decide,
 )
@@ -107,7 +108,9 @@ class Outbound:
 
 
 class StudentConnection:
-    def __init__(self, services: Services, ws: web.WebSocketResponse, claims: SessionClaims, binary: bool) -> None:
+    def __init__(
+        self, services: Services, ws: web.WebSocketResponse, claims: SessionClaims, binary: bool, ip: str = ""
+    ) -> None:
         self.s = services
         self.ws = ws
         self.sid = claims.sid
@@ -125,6 +128,8 @@ class StudentConnection:
         self.bucket = LocalBucket(rate) if rate is not None else None
         self._timer: asyncio.Task[None] | None = None
         self.closing = False
+        self.stored: Stored | None = None  # as opened (presence, name); `state` is the live copy
+        self.ip = ip
 
     def now_ms(self) -> int:
         return wall_ms() + self.clock_offset_ms
@@ -155,10 +160,22 @@ class StudentConnection:
                 self._timer.cancel()
             self.s.hub.unregister(self)
             await self.out.stop()
+            await self._left()
+
+    async def _left(self) -> None:
+        """The student is offline from now, unless a newer connection took over (leave.lua checks the epoch)."""
+        state = self.state
+        if state is None or state.status.finished or self.epoch == 0:
+            return
+        try:
+            await self.s.store.leave(self.sid, self.epoch)
+        except StorageUnavailable:
+            return  # the proctor sees them offline once Redis is back and the next connection comes
+        self.s.rooms.touch(state.template_id, self.sid)
 
     async def _open(self) -> bool:
         try:
-            opened = await self.s.store.open(self.sid, str(self.claims.user_id))
+            opened = await self.s.store.open(self.sid, str(self.claims.user_id), self.ip)
         except StorageUnavailable as exc:
             await self._unavailable(None, self.binary, exc)
             return False
@@ -171,6 +188,7 @@ class StudentConnection:
             await self.close(Close.SESSION_NOT_FOUND, "session not found")
             return False
         stored: Stored = opened.stored
+        self.stored = stored
         self.epoch = stored.epoch
         self.scheme = stored.scheme
         self.clock_offset_ms = opened.now_ms - wall_ms()
@@ -191,10 +209,10 @@ class StudentConnection:
 
     def _arm_timer(self) -> None:
         state = self.state
-        if state is None or state.deadline_ms is None or state.status.finished or self.closing:
-            return
         if self._timer is not None and self._timer is not asyncio.current_task():
             self._timer.cancel()
+        if state is None or state.deadline_ms is None or state.status is not Status.ACTIVE or self.closing:
+            return  # paused: the clock stands still until a proctor resumes
         delay_s = max(0.05, (state.deadline_ms + state.grace_ms - self.now_ms()) / 1000 + 0.05)
         self._timer = asyncio.create_task(self._expire_after(delay_s))
 
@@ -255,6 +273,7 @@ class StudentConnection:
         else:
             return
         self.state = decision.state
+        self.s.rooms.touch(decision.state.template_id, self.sid)
         now = self.now_ms()
         for effect in decision.effects:
             frame = frames.effect_frame(effect, now)
@@ -305,12 +324,34 @@ class StudentConnection:
         await self.close(Close.SESSION_NOT_FOUND, "session not found")
         return False
 
+    async def on_control(self, notice: dict[str, Any]) -> None:
+        """A proctor changed this session (from any process): reload it and tell the student."""
+        async with self.lock:
+            if self.closing or self.state is None:
+                return
+            if notice.get("kind") == "message":
+                self.send({"type": "message", "from": "proctor", "text": notice.get("text", "")})
+                return
+            before = self.state
+            await self._reload()
+            after = self.state
+            if self.closing or after is None or after.status.finished:
+                return
+            if (before.status, before.deadline_ms, before.remaining_ms) != (after.status, after.deadline_ms,
+                                                                            after.remaining_ms):  # fmt: skip
+                now = self.now_ms()
+                self.send({"type": "clock", "status": after.status.value, "time_left_ms": after.time_left_ms(now),
+                           "deadline_ms": after.deadline_ms if after.status is Status.ACTIVE else None,
+                           "server_time_ms": now, "reason": notice.get("reason", "")})  # fmt: skip
+
     async def _reload(self) -> None:
         stored = await self.s.store.load(self.sid)
         if stored is None:
             await self.close(Close.SESSION_NOT_FOUND, "session not found")
             return
         self.state = stored.state
+        self.stored = stored
+        self.s.rooms.touch(stored.state.template_id, self.sid)
         if stored.state.status.finished:
             await self._finished()
         else:
@@ -407,7 +448,7 @@ async def student_ws(request: web.Request) -> web.WebSocketResponse:
     except TokenError as exc:
         return await refuse(Close.UNAUTHORIZED, "unauthorized", str(exc))
 
-    conn = StudentConnection(services, ws, claims, binary)
+    conn = StudentConnection(services, ws, claims, binary, request.remote or "")
     try:
         await conn.run()
     except Exception:

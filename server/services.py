@@ -26,6 +26,7 @@ from storage.writer import CoalescingWriter
 
 if TYPE_CHECKING:
     from server.hub import Hub
+    from server.proctor import Rooms
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class Services:
     cache_redis: AnyRedis
     limiter: RedisLimiter
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    rooms: Rooms = field(init=False)  # set right after construction: it needs the services itself
 
     def background(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a fire-and-forget coroutine, keeping a reference and logging its failure."""

@@ -182,9 +182,10 @@ class Resume:
 
 @dataclass(frozen=True, slots=True)
 class Extend:
-    """A proctor gives (positive) or takes (negative) time."""
+    """A proctor gives (positive) or takes (negative) time; `credit` marks time given back for disconnects."""
 
     delta_ms: int
+    credit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +289,7 @@ class Activate:
 class Control:
     """A proctor's change, persisted by control.lua (no connection epoch: a proctor acts from anywhere)."""
 
-    op: str  # pause | resume | extend | flag
+    op: str  # pause | resume | extend | credit | flag
     delta_ms: int = 0
     flagged: bool = False
 
@@ -434,8 +435,8 @@ def _proctor(state: SessionState, command: ProctorCommand, now_ms: int) -> Decis
             left = state.remaining_ms or 0
             resumed = replace(state, status=Status.ACTIVE, deadline_ms=now_ms + left, remaining_ms=None)
             return Decision(resumed, (ClockChanged(Status.ACTIVE, left, now_ms + left),), Control("resume"))
-        case Extend(delta_ms=delta):
-            return _extend(state, delta, now_ms)
+        case Extend(delta_ms=delta, credit=credit):
+            return _extend(state, delta, now_ms, credit)
         case Terminate():
             return _finish(state, None, FinishReason.PROCTOR, now_ms, ())
         case ForceSubmit():
@@ -448,7 +449,7 @@ def _proctor(state: SessionState, command: ProctorCommand, now_ms: int) -> Decis
             return Decision(replace(state, flagged=flag), (FlagChanged(flag),), Control("flag", flagged=flag))
 
 
-def _extend(state: SessionState, delta: int, now_ms: int) -> Decision:
+def _extend(state: SessionState, delta: int, now_ms: int, credit: bool = False) -> Decision:
     match state.status:
         case Status.CREATED:
             new = replace(state, duration_ms=max(1000, state.duration_ms + delta))
@@ -461,7 +462,7 @@ def _extend(state: SessionState, delta: int, now_ms: int) -> Decision:
             deadline = max(now_ms, state.deadline_ms + delta)  # shortening never reaches into the past
             new = replace(state, deadline_ms=deadline)
             effect = ClockChanged(Status.ACTIVE, deadline - now_ms, deadline)
-    return Decision(new, (effect,), Control("extend", delta_ms=delta))
+    return Decision(new, (effect,), Control("credit" if credit else "extend", delta_ms=delta))
 
 
 def _refuse_unsequenced(state: SessionState, code: Refusal, message: str) -> Decision:

@@ -19,6 +19,7 @@ Key                          Type    Owner and lifetime
 <prefix>:fence               channel pub/sub: "<sid> <epoch>" when a newer connection takes a session over.
 <prefix>:{pNN}:ctl           channel pub/sub: "<sid> <json>" a proctor changed the session (every hub process
                                      listens to all partitions and acts for the sessions it holds).
+<prefix>:bcast               channel pub/sub: {"template": id, "text": ...} a proctor's message to a whole room.
 <prefix>:{r<tid>}:live       set     the sessions of a template's room (proctor snapshots); a member is added
                                      at start and removed by the flusher after the flush (readers also drop
                                      members whose keys are gone).
@@ -84,6 +85,10 @@ class Keys:
     @property
     def fence_channel(self) -> str:
         return f"{self.prefix}:fence"
+
+    @property
+    def broadcast_channel(self) -> str:
+        return f"{self.prefix}:bcast"
 
     def control_channel(self, partition: int) -> str:
         return f"{self._part(partition)}:ctl"

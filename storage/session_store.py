@@ -29,7 +29,7 @@ from sessions.machine import (
 )
 from sessions.model import VIOLATIONS, AntiCheatPolicy, CheatKind, MarkingScheme, Template
 from sessions.paper import Paper
-from storage.keys import PARTITIONS, Keys
+from storage.keys import PARTITIONS, Keys, partition_of
 from storage.scripts import AnyRedis, Scripts
 from storage.writer import CoalescingWriter
 
@@ -58,6 +58,7 @@ class Applied:
 class Presence:
     """What the proctor needs beyond the exam state: is the student connected, and the time ledger."""
 
+    name: str = ""  # the student's display name, for the proctor's grid
     online: bool = False
     offline_since_ms: int | None = None
     offline_total_ms: int = 0  # every return after a drop, added up
@@ -135,11 +136,12 @@ def decode_scheme(raw: str) -> MarkingScheme:
 
 
 def new_session_fields(
-    sid: str, user_id: str, template: Template, paper: Paper, created_ms: int
+    sid: str, user_id: str, template: Template, paper: Paper, created_ms: int, name: str = ""
 ) -> dict[str, str | int]:
     return {
         "sid": sid,
         "uid": user_id,
+        "name": name,
         "tpl": template.id,
         "status": Status.CREATED.value,
         "epoch": 0,
@@ -180,6 +182,7 @@ def decode_session(meta: Mapping[str, str], answers: Mapping[str, str], events: 
         finished_ms=_int_or_none(meta.get("finished_ms")),
     )
     presence = Presence(
+        name=meta.get("name", ""),
         online=meta.get("online") == "1",
         offline_since_ms=_int_or_none(meta.get("offline_since_ms")),
         offline_total_ms=int(meta.get("offline_total_ms", 0)),
@@ -233,13 +236,38 @@ class RedisSessionStore:
         self.keys = keys
         self._created_ttl_s = created_ttl_s
 
-    async def create(self, sid: str, user_id: str, template: Template, paper: Paper, created_ms: int) -> bool:
-        fields = new_session_fields(sid, user_id, template, paper, created_ms)
+    @property
+    def scripts(self) -> Scripts:
+        return self._scripts
+
+    async def announce(self, sid: str, notice: Mapping[str, Any]) -> None:
+        """Tell whichever process holds the student's connection that a proctor changed the session."""
+        channel = self.keys.control_channel(partition_of(sid))
+        await self._redis.publish(channel, f"{sid} {json.dumps(notice, separators=(',', ':'))}")
+
+    async def create(
+        self, sid: str, user_id: str, template: Template, paper: Paper, created_ms: int, name: str = ""
+    ) -> bool:
+        fields = new_session_fields(sid, user_id, template, paper, created_ms, name)
         flat: list[str | int] = [self._created_ttl_s]
-        for name, value in fields.items():
-            flat += [name, value]
+        for field_name, value in fields.items():
+            flat += [field_name, value]
         meta = self.keys.session(sid).meta
-        return bool(await self._writer.call(self._scripts.create, [meta], flat))
+        created = bool(await self._writer.call(self._scripts.create, [meta], flat))
+        if created:  # the room's member list (another slot, so not in the script; readers tolerate strays)
+            await self._redis.sadd(self.keys.room_live(template.id), sid)
+        return created
+
+    async def room_members(self, template_id: int) -> list[str]:
+        return sorted(str(m) for m in await self._redis.smembers(self.keys.room_live(template_id)))
+
+    async def forget_members(self, members: Sequence[tuple[int, str]]) -> None:
+        """Drop flushed (or vanished) sessions from their rooms' member lists."""
+        if members:
+            pipe = self._redis.pipeline(transaction=False)
+            for template_id, sid in members:
+                pipe.srem(self.keys.room_live(template_id), sid)
+            await pipe.execute()
 
     async def open(self, sid: str, user_id: str, ip: str = "") -> Opened | Outcome:
         """Take the session over for a new connection of its owner (bumps the fencing epoch, marks the
@@ -304,8 +332,8 @@ class RedisSessionStore:
         k = self.keys.session(sid)
         args: list[str | int]
         match write:
-            case Control(op="extend", delta_ms=delta):
-                args = ["extend", sid, delta]
+            case Control(op="extend" | "credit" as op, delta_ms=delta):
+                args = [op, sid, delta]
             case Control(op="flag", flagged=flag):
                 args = ["flag", sid, int(flag)]
             case Control(op=op):

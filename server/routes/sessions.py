@@ -90,7 +90,8 @@ async def start_session(ctx: Ctx[StartIn, None]) -> StartOut:
     ttl = s.settings.created_ttl_s + template.duration_ms // 1000 + s.settings.session_token_slack_s
     token, token_id = s.auth.session_token(sid, user.user_id, ttl)
     await pg.insert_session(s.pool, sid, token_id, user.user_id, template.id, paper)
-    await s.store.create(sid, str(user.user_id), template, paper, wall_ms())
+    name = await s.pool.fetchval("SELECT display_name FROM users WHERE id = $1", user.user_id) or ""
+    await s.store.create(sid, str(user.user_id), template, paper, wall_ms(), name)
     return StartOut(
         session_id=sid,
         token=token,

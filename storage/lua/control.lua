@@ -1,9 +1,9 @@
 -- A proctor's action on a session, from any process (no fencing epoch: proctors are not the student's
 -- connection). The checks that race with the student and the clock are repeated here atomically.
 -- KEYS[1] meta, KEYS[2] due, KEYS[3] outbox
--- ARGV[1] op: pause | resume | extend | flag | finish
+-- ARGV[1] op: pause | resume | extend | credit | flag | finish
 -- ARGV[2] sid
---   extend: ARGV[3] delta in ms (may be negative)
+--   extend: ARGV[3] delta in ms (may be negative); credit: the same, counted as time given back for disconnects
 --   flag:   ARGV[3] 0|1
 --   finish: ARGV[3] status, ARGV[4] reason
 -- Returns {'OK', now_ms, status, deadline_ms or '', remaining_ms or ''} | {'NOT_ACTIVE', now_ms, status}
@@ -31,7 +31,7 @@ elseif op == 'resume' then
   redis.call('HSET', meta, 'status', 'active', 'deadline_ms', deadline)
   redis.call('HDEL', meta, 'remaining_ms')
   redis.call('ZADD', due, deadline, sid)
-elseif op == 'extend' then
+elseif op == 'extend' or op == 'credit' then
   local delta = tonumber(ARGV[3])
   if status == 'created' then
     redis.call('HSET', meta, 'duration_ms', math.max(1000, tonumber(m[5]) + delta))
@@ -42,7 +42,7 @@ elseif op == 'extend' then
     redis.call('HSET', meta, 'deadline_ms', deadline)
     redis.call('ZADD', due, deadline, sid)
   end
-  redis.call('HINCRBY', meta, 'extended_ms', delta)
+  redis.call('HINCRBY', meta, op == 'credit' and 'credited_ms' or 'extended_ms', delta)
 elseif op == 'flag' then
   redis.call('HSET', meta, 'flagged', ARGV[3])
 elseif op == 'finish' then

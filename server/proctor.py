@@ -1,0 +1,301 @@
+"""Live proctoring: the room feeds proctors watch, and the control channels that carry proctor actions to
+whichever process holds the student's connection.
+
+Rooms (one per template): every change to a session marks it dirty; every `window` seconds this process
+publishes one message per room with the summaries of its dirty sessions (coalesced: a student answering ten
+times in a window is one row), numbered by publish.lua. Each process subscribes to the rooms its proctors
+watch and forwards the messages to them through bounded queues; a message whose number is not the next one
+means pub/sub lost something, so the process sends its proctors a fresh snapshot read from Redis.
+
+Control: a proctor action is applied in Redis by the REST handler (any process), then announced on the
+session's partition channel (`<prefix>:{pNN}:ctl`); the process holding the student's connection reloads
+the session and pushes the change to the student. A room-wide message goes to `<prefix>:bcast`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from server.closecodes import Close
+from server.hub import Outbound, wall_ms
+from sessions.proctoring import alerts, summary
+from storage.keys import PARTITIONS
+from storage.session_store import Stored
+
+if TYPE_CHECKING:
+    from server.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def row_of(stored: Stored, now_ms: int) -> dict[str, Any]:
+    p = stored.presence
+    return summary(
+        stored.state,
+        now_ms,
+        online=p.online,
+        display_name=p.name,
+        ip_changes=p.ip_changes,
+        offline_ms=p.uncredited_ms(now_ms),
+    )
+
+
+class ProctorConnection:
+    def __init__(self, ws: web.WebSocketResponse, template_id: int, limit: int) -> None:
+        self.ws = ws
+        self.template_id = template_id
+        self.out = Outbound(ws, limit)
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.out.put(json.dumps(frame, separators=(",", ":")))
+
+
+class Rooms:
+    """This process' side of every room: what changed here, and the proctors watching from here."""
+
+    def __init__(self, services: Services, window_s: float = 0.2) -> None:
+        self.s = services
+        self.window_s = window_s
+        self.dirty: dict[int, set[str]] = {}
+        self.watchers: dict[int, set[ProctorConnection]] = {}
+        self.last_seq: dict[int, int] = {}
+        self._subscriptions: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self.published = 0
+        self.resyncs = 0
+
+    # ---- publishing ------------------------------------------------------------------------------------
+
+    def touch(self, template_id: int, sid: str) -> None:
+        self.dirty.setdefault(template_id, set()).add(sid)
+
+    async def publish_dirty(self) -> int:
+        if not self.dirty:
+            return 0
+        dirty, self.dirty = self.dirty, {}
+        now = wall_ms()
+        keys = self.s.store.keys
+        local = self.s.hub.connections
+        remote = [sid for sids in dirty.values() for sid in sids if sid not in local]
+        loaded = await self.s.store.load_many(remote)
+        calls = []
+        for template_id, sids in dirty.items():
+            rows = []
+            for sid in sorted(sids):
+                conn = local.get(sid)
+                if conn is not None and conn.state is not None and conn.stored is not None:
+                    p = conn.stored.presence  # as of the connection's open (or the last proctor action)
+                    rows.append(summary(conn.state, now, online=True, display_name=p.name, ip_changes=p.ip_changes,
+                                        offline_ms=p.uncredited_ms(now)))  # fmt: skip
+                elif sid in loaded:
+                    rows.append(row_of(loaded[sid], now))
+            if rows:
+                payload = json.dumps({"sessions": rows, "at_ms": now}, separators=(",", ":"))
+                script = self.s.store.scripts.publish
+                seq_key, channel = keys.room_seq(template_id), keys.room_feed(template_id)
+                calls.append(self.s.writer.call(script, [seq_key], [channel, payload]))
+        await asyncio.gather(*calls)
+        self.published += len(calls)
+        return len(calls)
+
+    async def run_publisher(self) -> None:
+        while True:
+            await asyncio.sleep(self.window_s)
+            try:
+                await self.publish_dirty()
+            except Exception as exc:  # a lost update is healed by the next change or a resync
+                log.warning("room publisher: %s", exc)
+
+    # ---- snapshots -------------------------------------------------------------------------------------
+
+    async def snapshot(self, template_id: int) -> dict[str, Any]:
+        keys = self.s.store.keys
+        seq = int(await self.s.redis.get(keys.room_seq(template_id)) or 0)  # read first: later deltas apply on top
+        members = await self.s.store.room_members(template_id)
+        loaded = await self.s.store.load_many(members)
+        gone = [(template_id, sid) for sid in members if sid not in loaded]
+        if gone:
+            await self.s.store.forget_members(gone)
+        now = wall_ms()
+        rows = [row_of(loaded[sid], now) for sid in sorted(loaded)]
+        return {"type": "snapshot", "template": template_id, "seq": seq, "server_time_ms": now, "sessions": rows,
+                "alerts": alerts(rows)}  # fmt: skip
+
+    async def resync(self, template_id: int, watchers: Iterable[ProctorConnection]) -> None:
+        self.resyncs += 1
+        snap = await self.snapshot(template_id)
+        self.last_seq[template_id] = snap["seq"]
+        for w in watchers:
+            w.send(snap)
+
+    # ---- watching --------------------------------------------------------------------------------------
+
+    async def watch(self, conn: ProctorConnection) -> None:
+        tid = conn.template_id
+        first = tid not in self.watchers
+        self.watchers.setdefault(tid, set()).add(conn)
+        if first:
+            await self._subscriptions.put(("subscribe", self.s.store.keys.room_feed(tid)))
+        snap = await self.snapshot(tid)
+        self.last_seq.setdefault(tid, snap["seq"])
+        conn.send(snap)
+
+    async def unwatch(self, conn: ProctorConnection) -> None:
+        tid = conn.template_id
+        watchers = self.watchers.get(tid)
+        if watchers is None:
+            return
+        watchers.discard(conn)
+        if not watchers:
+            del self.watchers[tid]
+            self.last_seq.pop(tid, None)
+            await self._subscriptions.put(("unsubscribe", self.s.store.keys.room_feed(tid)))
+
+    def on_feed(self, template_id: int, raw: str) -> None:
+        seq_text, _, payload = raw.partition("|")
+        seq = int(seq_text)
+        watchers = self.watchers.get(template_id)
+        if not watchers:
+            return
+        last = self.last_seq.get(template_id, seq - 1)
+        if seq <= last:
+            return  # already in the snapshot this process sent
+        if seq != last + 1:
+            log.info("room %d feed gap: expected %d, got %d; resyncing", template_id, last + 1, seq)
+            self.s.background(self.resync(template_id, list(watchers)))
+            return
+        self.last_seq[template_id] = seq
+        body = json.loads(payload)
+        frame = {"type": "update", "template": template_id, "seq": seq, **body}
+        for w in list(watchers):
+            w.send(frame)
+
+    async def run_subscriber(self) -> None:
+        """One pub/sub connection for the rooms watched from this process."""
+        prefix = self.s.store.keys.room_feed(0).split("{")[0]
+        channels: set[str] = set()
+        while True:
+            try:
+                async with self.s.redis.pubsub(ignore_subscribe_messages=True) as ps:
+                    if channels:
+                        await ps.subscribe(*channels)
+                        for tid in list(self.watchers):
+                            self.s.background(self.resync(tid, list(self.watchers[tid])))  # reconnected
+                    while True:
+                        while not self._subscriptions.empty():
+                            action, channel = self._subscriptions.get_nowait()
+                            if action == "subscribe":
+                                channels.add(channel)
+                                await ps.subscribe(channel)
+                            else:
+                                channels.discard(channel)
+                                await ps.unsubscribe(channel)
+                        if not channels:
+                            action, channel = await self._subscriptions.get()
+                            await self._subscriptions.put((action, channel))
+                            continue
+                        message = await ps.get_message(timeout=0.05)
+                        if message and message["type"] == "message":
+                            channel = str(message["channel"])
+                            tid = int(channel[len(prefix) :].split("}")[0].lstrip("{r"))
+                            self.on_feed(tid, str(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("room subscriber: %s; reconnecting", exc)
+                await asyncio.sleep(0.5)
+
+
+async def listen_control(services: Services) -> None:
+    """Fences, proctor actions and room messages for the student connections held by this process."""
+    keys = services.store.keys
+    channels = [keys.fence_channel, keys.broadcast_channel, *(keys.control_channel(p) for p in range(PARTITIONS))]
+    hub = services.hub
+    while True:
+        try:
+            async with services.redis.pubsub(ignore_subscribe_messages=True) as ps:
+                await ps.subscribe(*channels)
+                async for message in ps.listen():
+                    channel, data = str(message["channel"]), str(message["data"])
+                    if channel == keys.fence_channel:
+                        sid, _, epoch = data.partition(" ")
+                        if epoch.isdigit():
+                            hub.on_fence(sid, int(epoch))
+                    elif channel == keys.broadcast_channel:
+                        body = json.loads(data)
+                        for conn in list(hub.connections.values()):
+                            if conn.state is not None and conn.state.template_id == body["template"]:
+                                conn.send({"type": "message", "from": "proctor", "text": body["text"]})
+                    else:
+                        sid, _, payload = data.partition(" ")
+                        target = hub.connections.get(sid)
+                        if target is not None:
+                            services.background(target.on_control(json.loads(payload)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # missed notices are healed: fences by the epoch check, the rest by reloads
+            log.warning("control listener: %s; resubscribing", exc)
+            await asyncio.sleep(0.5)
+
+
+async def proctor_ws(request: web.Request) -> web.WebSocketResponse:
+    """`/ws/proctor?template=ID` with a staff user token (Authorization header or ?token=)."""
+    from server.auth import Role, TokenError
+    from server.hub import _origin_allowed, _token
+    from server.routes.proctor import may_watch
+    from server.services import SERVICES
+
+    services = request.app[SERVICES]
+    ws = web.WebSocketResponse(compress=False, max_msg_size=4096, heartbeat=services.settings.heartbeat_s)
+    await ws.prepare(request)
+
+    async def refuse(code: Close, err: str, message: str) -> web.WebSocketResponse:
+        await ws.send_str(json.dumps({"type": "error", "code": err, "message": message}))
+        await ws.close(code=code, message=message.encode()[:120])
+        return ws
+
+    if not _origin_allowed(request, services):
+        return await refuse(Close.FORBIDDEN_ORIGIN, "forbidden_origin", "this origin may not open proctor feeds")
+    raw_tid = request.query.get("template", "")
+    if not raw_tid.isdigit() or int(raw_tid) > 2**63 - 1:
+        return await refuse(Close.PROTOCOL_ERROR, "invalid_message", "give ?template=<template id>")
+    token = _token(request)
+    try:
+        claims = services.auth.verify_user(token or "")
+    except TokenError as exc:
+        return await refuse(Close.UNAUTHORIZED, "unauthorized", str(exc))
+    if claims.role is Role.STUDENT:
+        return await refuse(Close.UNAUTHORIZED, "forbidden", "students cannot open a proctor feed")
+    tid = int(raw_tid)
+    if not await may_watch(services, claims, tid):
+        return await refuse(Close.UNAUTHORIZED, "forbidden", "you are not assigned to proctor this exam")
+
+    conn = ProctorConnection(ws, tid, services.settings.send_queue_frames)
+    rooms = services.rooms
+    try:
+        await rooms.watch(conn)
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                try:
+                    body = json.loads(msg.data)
+                except ValueError:
+                    body = None
+                if isinstance(body, dict) and body.get("type") == "resync":
+                    await rooms.resync(tid, [conn])
+                elif isinstance(body, dict) and body.get("type") == "ping":
+                    conn.send({"type": "pong", "server_time_ms": wall_ms()})
+                else:
+                    conn.send({"type": "error", "code": "invalid_message",
+                               "message": "proctor feeds take {\"type\": \"resync\"} or {\"type\": \"ping\"}; "
+                                          "act through POST /api/proctor/sessions/{id}/actions"})  # fmt: skip
+            elif msg.type is WSMsgType.ERROR:
+                break
+    finally:
+        await rooms.unwatch(conn)
+        await conn.out.stop()
+    return ws

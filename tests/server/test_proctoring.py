@@ -1,0 +1,244 @@
+"""A proctor watches a live exam and acts on it; every action reaches the student and the audit trail."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from server.closecodes import Close
+from tests.server.conftest import Student, bearer, services, student, token_for
+
+
+class Proctor:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.seq = 0
+        self.snapshots = 0
+
+    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        msg = await self.ws.receive(timeout=timeout)
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            return {"type": "closed", "code": self.ws.close_code}
+        frame: dict[str, Any] = json.loads(msg.data)
+        if frame["type"] == "snapshot":
+            self.snapshots += 1
+            self.rows = {r["session"]: r for r in frame["sessions"]}
+            self.seq = frame["seq"]
+        elif frame["type"] == "update":
+            assert frame["seq"] == self.seq + 1, (frame["seq"], self.seq)
+            self.seq = frame["seq"]
+            for r in frame["sessions"]:
+                self.rows[r["session"]] = r
+        return frame
+
+    async def until(self, sid: str, predicate: Any, timeout: float = 5.0) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            row = self.rows.get(sid)
+            if row is not None and predicate(row):
+                return row
+            left = deadline - asyncio.get_running_loop().time()
+            assert left > 0, f"timed out waiting; last row: {row}"
+            await self.recv(left)
+
+
+async def proctor_token(client: TestClient[Any, Any], tid: int) -> str:
+    s = services(client)
+    token = await token_for(client, "proctor")
+    uid = s.auth.verify_user(token).user_id
+    admin = await token_for(client, "admin")
+    r = await client.post("/api/proctor/assignments", json={"user_id": str(uid), "template_id": tid},
+                          headers=bearer(admin))  # fmt: skip
+    assert r.status == 201, await r.text()
+    return token
+
+
+async def own_template(client: TestClient[Any, Any], **config: Any) -> int:
+    pool = services(client).pool
+    bank = await pool.fetchval("SELECT id FROM question_banks WHERE slug = 'neet-biology'")
+    return int(await pool.fetchval(
+        "INSERT INTO test_templates (slug, name, bank_id, config) VALUES ($1, 'proctored', $2, $3) RETURNING id",
+        f"proctored-{secrets.token_hex(4)}", bank, {"count": 5, "duration_s": 600, "grace_s": 1, **config},
+    ))  # fmt: skip
+
+
+async def act(client: TestClient[Any, Any], token: str, sid: str, **body: Any) -> Any:
+    return await client.post(f"/api/proctor/sessions/{sid}/actions", json=body, headers=bearer(token))
+
+
+async def next_of(st: Student, kind: str) -> dict[str, Any]:
+    while True:
+        frame = await st.recv()
+        if frame["type"] == kind or frame["type"] == "closed":
+            return frame
+
+
+async def test_watch_and_act_on_a_live_exam(client: TestClient[Any, Any]) -> None:
+    tid = await own_template(client)
+    token = await proctor_token(client, tid)
+    st = await student(client, tid)
+    await st.connect()
+    p = Proctor(await client.ws_connect(f"/ws/proctor?template={tid}", headers=bearer(token)))
+    snap = await p.recv()
+    assert snap["type"] == "snapshot" and snap["template"] == tid
+    assert p.rows[st.sid]["online"] is True and p.rows[st.sid]["status"] == "active"
+
+    q = st.questions()[0]
+    assert (await st.answer(q["id"], q["options"][0]["id"]))["type"] == "ack"
+    await p.until(st.sid, lambda r: r["answered"] == 1)
+    await st.event("copy")
+    row = await p.until(st.sid, lambda r: r["events"].get("copy") == 1)
+    assert row["risk"] > 0 and "1 x copy" in row["risk_reasons"]
+
+    r = await act(client, token, st.sid, action="pause", reason="fire alarm")
+    assert r.status == 200, await r.text()
+    clock = await next_of(st, "clock")
+    assert clock["status"] == "paused" and clock["reason"] == "fire alarm" and clock["deadline_ms"] is None
+    left_when_paused = clock["time_left_ms"]
+    refused = await st.answer(q["id"], q["options"][1]["id"])
+    assert refused["type"] == "error" and refused["code"] == "not_active"
+    await p.until(st.sid, lambda r: r["status"] == "paused")
+    await asyncio.sleep(0.3)
+
+    r = await act(client, token, st.sid, action="resume")
+    clock = await next_of(st, "clock")
+    assert clock["status"] == "active" and clock["time_left_ms"] >= left_when_paused - 100  # the clock stood still
+
+    r = await act(client, token, st.sid, action="extend", seconds=90, reason="late start")
+    clock = await next_of(st, "clock")
+    assert clock["time_left_ms"] > left_when_paused + 85_000
+    assert (await act(client, token, st.sid, action="extend", seconds=90)).status == 422  # a reason is required
+
+    r = await act(client, token, st.sid, action="message", text="Five minutes left in the hall.")
+    message = await next_of(st, "message")
+    assert message["text"] == "Five minutes left in the hall."
+
+    r = await act(client, token, st.sid, action="flag", reason="copying")
+    assert (await r.json())["session"]["flagged"] is True
+    await p.until(st.sid, lambda r: r["flagged"])
+
+    r = await act(client, token, st.sid, action="terminate", reason="caught copying")
+    finished = await next_of(st, "finished")
+    assert finished["status"] == "terminated" and finished["reason"] == "proctor"
+    assert await st.closed() == Close.SESSION_FINISHED
+    await p.until(st.sid, lambda r: r["status"] == "terminated")
+    r = await act(client, token, st.sid, action="pause")
+    assert r.status == 409
+
+    trail = await (await client.get(f"/api/proctor/sessions/{st.sid}/audit", headers=bearer(token))).json()
+    actions = [(e["action"], e["outcome"]) for e in trail["entries"]]
+    assert actions == [("pause", "done"), ("resume", "done"), ("extend", "done"), ("message", "sent"),
+                       ("flag", "done"), ("terminate", "done"), ("pause", "refused")]  # fmt: skip
+    assert trail["entries"][2]["params"]["seconds"] == 90 and trail["entries"][0]["reason"] == "fire alarm"
+    assert all(e["actor"] for e in trail["entries"])
+    await p.ws.close()
+
+
+async def test_a_gap_in_the_feed_is_detected_and_resynced(client: TestClient[Any, Any]) -> None:
+    tid = await own_template(client)
+    token = await proctor_token(client, tid)
+    st = await student(client, tid)
+    await st.connect()
+    p = Proctor(await client.ws_connect(f"/ws/proctor?template={tid}", headers=bearer(token)))
+    await p.recv()
+    s = services(client)
+    await s.redis.incr(s.store.keys.room_seq(tid))  # a message the feed never delivered
+    q = st.questions()[0]
+    await st.answer(q["id"], q["options"][0]["id"])
+    frame = await p.recv()
+    assert frame["type"] == "snapshot" and p.snapshots == 2  # the process noticed the gap and resynced
+    assert p.rows[st.sid]["answered"] == 1
+    await st.answer(st.questions()[1]["id"], st.questions()[1]["options"][0]["id"])
+    await p.until(st.sid, lambda r: r["answered"] == 2)  # and carries on from the new sequence number
+    await p.ws.send_str(json.dumps({"type": "resync"}))  # a client may ask too
+    assert (await p.recv())["type"] == "snapshot"
+    await p.ws.close()
+
+
+async def test_disconnects_show_and_the_one_click_credit(client: TestClient[Any, Any]) -> None:
+    tid = await own_template(client)
+    token = await proctor_token(client, tid)
+    st = await student(client, tid)
+    await st.connect()
+    p = Proctor(await client.ws_connect(f"/ws/proctor?template={tid}", headers=bearer(token)))
+    await p.recv()
+    assert (await act(client, token, st.sid, action="credit", reason="wifi")).status == 409  # nothing lost yet
+    assert st.ws is not None
+    await st.ws.close()
+    await p.until(st.sid, lambda r: r["online"] is False)
+    await asyncio.sleep(1.2)
+    back = Student(client, st.token, st.sid)
+    before = (await back.connect())["time_left_ms"]
+    row = await p.until(st.sid, lambda r: r["online"] is True and r["offline_ms"] >= 1000)
+    r = await act(client, token, st.sid, action="credit", reason="wifi dropped")
+    body = await r.json()
+    assert r.status == 200 and body["session"]["offline_ms"] == 0, body
+    clock = await next_of(back, "clock")
+    assert clock["time_left_ms"] >= before + row["offline_ms"] - 1500
+    await p.ws.close()
+
+
+async def test_automatic_disconnect_credit(client: TestClient[Any, Any]) -> None:
+    tid = await own_template(client, disconnect_credit_cap_s=120)
+    st = await student(client, tid)
+    first = (await st.connect())["deadline_ms"]
+    assert st.ws is not None
+    await st.ws.close()
+    await asyncio.sleep(1.0)
+    back = Student(client, st.token, st.sid)
+    state = await back.connect()
+    assert state["deadline_ms"] - first >= 900  # the time away was given back
+    ledger = await services(client).store.ledger(st.sid)
+    assert len(ledger) == 1 and ledger[0][3] == state["deadline_ms"] - first
+
+
+async def test_room_message_reaches_every_student_of_the_exam(client: TestClient[Any, Any]) -> None:
+    tid, other_tid = await own_template(client), await own_template(client)
+    token = await proctor_token(client, tid)
+    a, b, other = await student(client, tid), await student(client, tid), await student(client, other_tid)
+    for x in (a, b, other):
+        await x.connect()
+    r = await client.post(f"/api/proctor/templates/{tid}/message", json={"text": "Pens down in 5"},
+                          headers=bearer(token))  # fmt: skip
+    assert r.status == 200
+    for x in (a, b):
+        assert (await next_of(x, "message"))["text"] == "Pens down in 5"
+    with pytest.raises(TimeoutError):
+        await other.recv(timeout=0.5)
+
+
+async def test_roles_and_scopes(client: TestClient[Any, Any]) -> None:
+    tid = await own_template(client)
+    assigned = await proctor_token(client, tid)
+    stranger = await token_for(client, "proctor")
+    student_user = await token_for(client, "student")
+    st = await student(client, tid)
+    await st.connect()
+    for token, code in ((student_user, "forbidden"), (stranger, "forbidden"), ("junk", "unauthorized")):
+        ws = await client.ws_connect(f"/ws/proctor?template={tid}", headers=bearer(token))
+        frame = json.loads((await ws.receive()).data)
+        assert frame["code"] == code
+        await ws.receive()
+        assert ws.close_code == Close.UNAUTHORIZED
+    assert (await act(client, student_user, st.sid, action="pause")).status == 403
+    assert (await act(client, stranger, st.sid, action="pause")).status == 403
+    assert (await act(client, assigned, "f" * 32, action="pause")).status == 404
+    assert (await act(client, assigned, st.sid, action="teleport")).status == 422
+    # a proctor's token is no session token: it cannot answer
+    ws = await client.ws_connect(f"/ws/student?token={assigned}")
+    frame = json.loads((await ws.receive()).data)
+    assert frame["code"] == "unauthorized"
+    # and a student's session token cannot open a feed
+    ws = await client.ws_connect(f"/ws/proctor?template={tid}&token={st.token}")
+    assert json.loads((await ws.receive()).data)["code"] == "unauthorized"
+    r = await client.post(f"/api/proctor/templates/{tid}/message", json={"text": "x"}, headers=bearer(stranger))
+    assert r.status == 403
+    r = await client.get(f"/api/proctor/sessions/{st.sid}/audit", headers=bearer(stranger))
+    assert r.status == 403
