@@ -66,7 +66,8 @@ async def global_analytics(ctx: Ctx[None, None]) -> dict[str, Any]:
         return GlobalOut(**stats_).model_dump(mode="json")
 
     found: dict[str, Any] = await s.cache.get_or_load(Tier.COLD, GLOBAL_ANALYTICS_KEY, load, tags=(ANALYTICS_TAG,))
-    return found
+    # the PostgreSQL figures may be a day old; the live count is read fresh (one pipelined ZCARD per partition)
+    return {**found, "sessions_live": await analytics.live_sessions(s.redis, s.store.keys)}
 
 
 class TopicsQuery(Strict):
