@@ -61,6 +61,7 @@ class Rows:
     topics: list[tuple[Any, ...]] = field(default_factory=list)
     responses: list[tuple[Any, ...]] = field(default_factory=list)
     events: list[tuple[Any, ...]] = field(default_factory=list)
+    audit: list[tuple[Any, ...]] = field(default_factory=list)  # the time ledger, as system audit entries
 
 
 def attempt_rows(stored: Stored, questions: dict[int, Question], rows: Rows) -> None:
@@ -87,6 +88,12 @@ def attempt_rows(stored: Stored, questions: dict[int, Question], rows: Rows) -> 
         )  # fmt: skip
     for idx, c in enumerate(s.cheats):
         rows.events.append((s.id, idx, c.kind.value, c.seq, pg.ms_to_dt(c.at_ms)))
+    for idx, (since, back, gap, credited) in enumerate(stored.ledger):
+        # every dropped connection, and the deadline change an automatic credit made, in the audit trail
+        params = {"offline_since_ms": since, "back_at_ms": back, "gap_ms": gap, "credited_ms": credited}
+        outcome = "credited" if credited else "recorded"
+        rows.audit.append((s.id, s.template_id, "disconnect", params, outcome, f"ledger:{s.id}:{idx}",
+                           pg.ms_to_dt(back)))  # fmt: skip
 
 
 async def write_rows(conn: Any, rows: Rows) -> list[str]:
@@ -115,6 +122,12 @@ async def write_rows(conn: Any, rows: Rows) -> list[str]:
                   finish_reason = a.reason
              FROM stage_attempts a WHERE s.id = a.session_id"""
     )
+    if rows.audit:  # a handful per attempt; idempotent by `source`
+        await conn.executemany(
+            """INSERT INTO audit_log (session_id, template_id, action, params, outcome, source, created_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (source) DO NOTHING""",
+            rows.audit,
+        )
     await analytics.apply_progress(conn, inserted)  # after the responses it reads
     return inserted
 

@@ -80,6 +80,7 @@ class Stored:
     scheme: MarkingScheme
     epoch: int
     presence: Presence = Presence()
+    ledger: tuple[tuple[int, int, int, int], ...] = ()  # (offline since, back at, gap, credited) per return
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +160,17 @@ def new_session_fields(
     }
 
 
-def decode_session(meta: Mapping[str, str], answers: Mapping[str, str], events: Sequence[str]) -> Stored:
+def decode_ledger(raw: Sequence[str]) -> tuple[tuple[int, int, int, int], ...]:
+    out = []
+    for entry in raw:
+        since, back, gap, credited = (int(x) for x in entry.split("|"))
+        out.append((since, back, gap, credited))
+    return tuple(out)
+
+
+def decode_session(
+    meta: Mapping[str, str], answers: Mapping[str, str], events: Sequence[str], ledger: Sequence[str] = ()
+) -> Stored:
     finish = meta.get("reason")
     state = SessionState(
         id=meta["sid"],
@@ -190,7 +201,7 @@ def decode_session(meta: Mapping[str, str], answers: Mapping[str, str], events: 
         extended_ms=int(meta.get("extended_ms", 0)),
         ip_changes=int(meta.get("ip_changes", 0)),
     )
-    return Stored(state, decode_scheme(meta["scheme"]), int(meta["epoch"]), presence)
+    return Stored(state, decode_scheme(meta["scheme"]), int(meta["epoch"]), presence, decode_ledger(ledger))
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
@@ -295,12 +306,13 @@ class RedisSessionStore:
             pipe.hgetall(k.meta)
             pipe.hgetall(k.ans)
             pipe.lrange(k.ev, 0, -1)
+            pipe.lrange(k.ledger, 0, -1)
         raw = await pipe.execute()
         out = {}
         for i, sid in enumerate(sids):
-            meta, ans, ev = raw[3 * i : 3 * i + 3]
+            meta, ans, ev, ledger = raw[4 * i : 4 * i + 4]
             if meta:
-                out[sid] = decode_session(meta, ans, ev)
+                out[sid] = decode_session(meta, ans, ev, ledger)
         return out
 
     async def apply(self, sid: str, epoch: int, write: Write) -> Applied:
@@ -345,11 +357,7 @@ class RedisSessionStore:
     async def ledger(self, sid: str) -> list[tuple[int, int, int, int]]:
         """The time ledger: (offline since, back at, gap, credited) per return after a drop."""
         raw = await self._redis.lrange(self.keys.session(sid).ledger, 0, -1)
-        out = []
-        for entry in raw:
-            since, back, gap, credited = (int(x) for x in str(entry).split("|"))
-            out.append((since, back, gap, credited))
-        return out
+        return list(decode_ledger([str(e) for e in raw]))
 
     async def expire(self, sid: str) -> Applied:
         k = self.keys.session(sid)

@@ -242,3 +242,33 @@ async def test_roles_and_scopes(client: TestClient[Any, Any]) -> None:
     assert r.status == 403
     r = await client.get(f"/api/proctor/sessions/{st.sid}/audit", headers=bearer(stranger))
     assert r.status == 403
+
+
+async def test_the_time_ledger_reaches_the_audit_trail_once(client: TestClient[Any, Any]) -> None:
+    tid = await own_template(client, disconnect_credit_cap_s=120)
+    token = await proctor_token(client, tid)
+    st = await student(client, tid)
+    await st.connect()
+    assert st.ws is not None
+    await st.ws.close()
+    await asyncio.sleep(0.5)
+    back = Student(client, st.token, st.sid)
+    await back.connect()
+    back.seq += 1
+    await back.send({"type": "submit", "seq": back.seq})
+    assert (await next_of(back, "finished"))["status"] == "submitted"
+    s = services(client)
+    assert await s.flusher.flush_once() == 1
+    trail = await (await client.get(f"/api/proctor/sessions/{st.sid}/audit", headers=bearer(token))).json()
+    [entry] = [e for e in trail["entries"] if e["action"] == "disconnect"]
+    assert entry["actor"] is None and entry["outcome"] == "credited" and entry["params"]["credited_ms"] >= 400
+    from storage.flusher import Rows, attempt_rows, write_rows
+
+    stored = await s.store.load(st.sid)
+    assert stored is not None
+    rows = Rows()
+    attempt_rows(stored, await s.catalog.questions(stored.state.paper.question_ids), rows)
+    async with s.pool.acquire() as conn, conn.transaction():
+        await write_rows(conn, rows)  # the flush replayed
+    n = await s.pool.fetchval("SELECT count(*) FROM audit_log WHERE session_id = $1 AND action = 'disconnect'", st.sid)
+    assert n == 1
