@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -59,7 +60,7 @@ def _tune_gc() -> None:
     gc.set_threshold(100_000, 50, 1000)
 
 
-async def _serve(settings: Settings, banner: bool) -> None:
+async def _serve(settings: Settings, banner: bool, reuse_port: bool = False) -> None:
     from aiohttp import web
 
     from server.app import create_app
@@ -69,7 +70,7 @@ async def _serve(settings: Settings, banner: bool) -> None:
     # No access log by default: one log line per request costs more than the request (EXAMHUB_ACCESS_LOG=1).
     runner = web.AppRunner(app, handle_signals=False, access_log=log if settings.access_log else None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, reuse_port=reuse_port or None)
     await site.start()
     _tune_gc()
     stop = asyncio.Event()
@@ -163,6 +164,35 @@ async def _seed(settings: Settings, admin: bool = False) -> None:
         await pool.close()
 
 
+def _worker(settings: Settings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
+    _run(_serve(settings, banner=False, reuse_port=True))
+
+
+def _serve_workers(settings: Settings, n: int) -> int:
+    """N independent hub processes on one port: the kernel spreads connections over them (SO_REUSEPORT).
+    They share only Redis and PostgreSQL; any of them can serve any session."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_worker, args=(settings,), name=f"examhub-{i}") for i in range(n)]
+    for w in workers:
+        w.start()
+    print(f"examhub: {n} hub processes on http://{settings.host}:{settings.port}", flush=True)
+
+    def stop(signum: int, frame: object) -> None:
+        for w in workers:
+            if w.is_alive() and w.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for w in workers:
+        w.join()
+    return max((w.exitcode or 0) for w in workers)
+
+
 def _run(coro: Any) -> Any:
     import uvloop
 
@@ -190,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--host")
         p.add_argument("--port", type=int)
         p.add_argument("--data-dir", type=Path)
+        p.add_argument("--workers", type=int, default=1, help="hub processes sharing the port (SO_REUSEPORT)")
     sub.add_parser("migrate", help="apply the SQL migrations")
     sub.add_parser("seed", help="load the demo question bank and templates (idempotent)")
     sitp = sub.add_parser("sit", help="sit an exam in this terminal")
@@ -226,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "seed":
             _run(_seed(ready))
         elif args.command == "serve":
+            if args.workers > 1:
+                return _serve_workers(ready, args.workers)
             _run(_serve(ready, banner=False))
         elif args.command == "demo":
             _run(_seed(ready, admin=True))
