@@ -45,7 +45,7 @@ def hubs(own_database_url: str, prefix: str, tmp_path: Path) -> Iterator[list[st
                 try:
                     import urllib.request
 
-                    urllib.request.urlopen(url + "/healthz", timeout=1)  # noqa: S310 - our own hubs
+                    urllib.request.urlopen(url + "/healthz", timeout=1)
                     break
                 except OSError:
                     assert time.monotonic() < deadline, (tmp_path / "hub0.log").read_text()[-3000:]
