@@ -153,8 +153,8 @@ async def test_student_and_proctor_on_different_processes(
         assert await conn.fetchval("SELECT count(*) FROM test_attempts WHERE session_id = $1", sid) == 1
         assert await conn.fetchval("SELECT count(*) FROM responses WHERE session_id = $1 AND choice IS NOT NULL",
                                    sid) == 1  # fmt: skip
-        actions = [r["action"] for r in await conn.fetch(
-            "SELECT action FROM audit_log WHERE session_id = $1 AND actor_id IS NOT NULL ORDER BY id", sid)]  # fmt: skip
+        sql = "SELECT action FROM audit_log WHERE session_id = $1 AND actor_id IS NOT NULL ORDER BY id"
+        actions = [r["action"] for r in await conn.fetch(sql, sid)]
         assert actions == ["pause", "resume", "extend", "submit"]
     finally:
         await conn.close()
