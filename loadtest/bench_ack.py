@@ -40,6 +40,8 @@ from redis.asyncio import Redis
 from storage.embedded import EmbeddedRedis, free_port
 from storage.keys import Keys
 
+SECRET = "bench-secret-" + "b" * 40
+
 
 @contextlib.contextmanager
 def durable_redis() -> Iterator[str]:
@@ -77,7 +79,7 @@ async def hub_process(database_url: str, redis_url: str, prefix: str, port: int)
         "REDIS_URL": redis_url,
         "EXAMHUB_PORT": str(port),
         "EXAMHUB_REDIS_PREFIX": prefix,
-        "EXAMHUB_SECRET": "bench-secret-" + "b" * 40,
+        "EXAMHUB_SECRET": SECRET,
         "EXAMHUB_REDIS_DURABILITY": "warn",
         # the driver is one address hammering on purpose: the limits would measure themselves
         "EXAMHUB_RATE_REST_IP": "off",
@@ -132,6 +134,9 @@ class Stats:
     acked: int = 0
     errors: int = 0
     connect_ms: list[float] = field(default_factory=list)
+    sent_at: dict[tuple[str, int], float] = field(default_factory=dict)  # (session, seq) -> send time
+    feed_ms: list[float] = field(default_factory=list)  # student's send -> a proctor's screen, per proctor
+    feed_updates: int = 0
 
 
 async def start_students(url: str, n: int, template_slug: str, concurrency: int = 50) -> list[Student]:
@@ -183,6 +188,7 @@ async def drive(st: Student, rate_each: float, until: float, stats: Stats, binar
         else:
             await st.ws.send_str(json.dumps(frame))
         stats.sent += 1
+        stats.sent_at[(st.sid, st.seq)] = time.perf_counter()
         while True:
             msg = await st.ws.receive()
             if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
@@ -226,6 +232,46 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+async def admin_token(database_url: str) -> str:
+    from server.auth import Auth, Role
+    from storage import users
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        user = await users.create_user(conn, f"bench-admin-{random.randrange(16**8):08x}", None, "bench", role="admin")
+    finally:
+        await conn.close()
+    return Auth(SECRET).user_token(user.id, Role.ADMIN, 3600)
+
+
+async def watch(http: aiohttp.ClientSession, url: str, template_id: int, token: str, stats: Stats,
+                until: float, ready: asyncio.Event) -> None:  # fmt: skip
+    """A proctor on the room's feed: for each update row, how long since the student sent that message."""
+    ws = await http.ws_connect(f"{url.replace('http', 'ws')}/ws/proctor?template={template_id}",
+                               headers={"Authorization": f"Bearer {token}"}, max_msg_size=0, compress=0)  # fmt: skip
+    try:
+        while time.perf_counter() < until + 2:
+            try:
+                msg = await ws.receive(timeout=max(0.1, until + 2 - time.perf_counter()))
+            except TimeoutError:
+                break
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                stats.errors += 1
+                return
+            now = time.perf_counter()
+            frame = json.loads(msg.data)
+            if frame["type"] == "snapshot":
+                ready.set()
+            if frame["type"] == "update":
+                stats.feed_updates += 1
+                for row in frame["sessions"]:
+                    sent = stats.sent_at.get((row["session"], row["last_seq"]))
+                    if sent is not None:
+                        stats.feed_ms.append((now - sent) * 1000)
+    finally:
+        await ws.close()
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -257,11 +303,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 rss_connected = rss_kb(pid)
                 gc.collect()
                 gc.freeze()
+                watchers = []
+                if args.proctors:
+                    token = await admin_token(database_url)
+                    async with http.get(url + "/api/templates") as r:
+                        tid = next(t["id"] for t in (await r.json())["templates"] if t["slug"] == args.template)
+                    end = time.perf_counter() + args.duration + 5
+                    readies = [asyncio.Event() for _ in range(args.proctors)]
+                    watchers = [asyncio.ensure_future(watch(http, url, tid, token, stats, end, r)) for r in readies]
+                    await asyncio.gather(*(r.wait() for r in readies))  # their snapshots are in before the load
                 t0 = time.perf_counter()
                 until = t0 + args.duration
                 await asyncio.gather(*(drive(st, args.rate / args.students, until, stats, args.msgpack)
                                        for st in students))  # fmt: skip
                 elapsed = time.perf_counter() - t0
+                await asyncio.gather(*watchers)
                 rss_after = rss_kb(pid)
                 for st in students:
                     if st.ws is not None:
@@ -282,6 +338,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "p99_ms": round(pct(stats.latencies_ms, 99), 2),
         "max_ms": round(max(stats.latencies_ms, default=float("nan")), 2),
         "connect_p99_ms": round(pct(stats.connect_ms, 99), 2),
+        "proctors": args.proctors,
+        "feed_updates": stats.feed_updates,
+        "feed_p50_ms": round(pct(stats.feed_ms, 50), 2) if stats.feed_ms else None,
+        "feed_p99_ms": round(pct(stats.feed_ms, 99), 2) if stats.feed_ms else None,
+        "feed_max_ms": round(max(stats.feed_ms), 2) if stats.feed_ms else None,
         "hub_rss_mb_after_load": round(rss_after / 1024, 1),
         "hub_kb_per_connection": round((rss_connected - rss_before) / args.students, 1),
         "redis": "external" if args.redis_url else "own redis-server, appendonly yes, appendfsync always",
@@ -295,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=30.0, help="seconds of load (bounded)")
     p.add_argument("--template", default="neet-mock-180")
     p.add_argument("--msgpack", action="store_true")
+    p.add_argument("--proctors", type=int, default=0, help="proctors watching the room (feed latency is measured)")
     p.add_argument("--port", type=int)
     default_db = os.environ.get("EXAMHUB_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     p.add_argument(

@@ -1,7 +1,7 @@
 """Live proctoring: the room feeds proctors watch, and the control channels that carry proctor actions to
 whichever process holds the student's connection.
 
-Rooms (one per template): every change to a session marks it dirty; every `window` seconds this process
+Rooms (one per template): every change to a session marks it dirty; every `window` seconds (0.1) this process
 publishes one message per room with the summaries of its dirty sessions (coalesced: a student answering ten
 times in a window is one row), numbered by publish.lua. Each process subscribes to the rooms its proctors
 watch and forwards the messages to them through bounded queues; a message whose number is not the next one
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SNAPSHOT_CHUNK = 50  # sessions decoded between two returns to the event loop while reading a snapshot
+
 
 def row_of(stored: Stored, now_ms: int) -> dict[str, Any]:
     p = stored.presence
@@ -59,13 +61,14 @@ class ProctorConnection:
 class Rooms:
     """This process' side of every room: what changed here, and the proctors watching from here."""
 
-    def __init__(self, services: Services, window_s: float = 0.2) -> None:
+    def __init__(self, services: Services, window_s: float = 0.1) -> None:
         self.s = services
         self.window_s = window_s
         self.dirty: dict[int, set[str]] = {}
         self.watchers: dict[int, set[ProctorConnection]] = {}
         self.last_seq: dict[int, int] = {}
         self._subscriptions: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._snapshots: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.published = 0
         self.resyncs = 0
 
@@ -114,10 +117,22 @@ class Rooms:
     # ---- snapshots -------------------------------------------------------------------------------------
 
     async def snapshot(self, template_id: int) -> dict[str, Any]:
+        """One snapshot for everyone who asks while it is being read (ten proctors connecting at once cost
+        one read of the room, not ten)."""
+        pending = self._snapshots.get(template_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._read_snapshot(template_id))
+            self._snapshots[template_id] = pending
+            pending.add_done_callback(lambda _: self._snapshots.pop(template_id, None))
+        return await asyncio.shield(pending)
+
+    async def _read_snapshot(self, template_id: int) -> dict[str, Any]:
         keys = self.s.store.keys
         seq = int(await self.s.redis.get(keys.room_seq(template_id)) or 0)  # read first: later deltas apply on top
         members = await self.s.store.room_members(template_id)
-        loaded = await self.s.store.load_many(members)
+        loaded: dict[str, Stored] = {}
+        for i in range(0, len(members), SNAPSHOT_CHUNK):  # decoding is CPU: let the students' messages through
+            loaded.update(await self.s.store.load_many(members[i : i + SNAPSHOT_CHUNK]))
         gone = [(template_id, sid) for sid in members if sid not in loaded]
         if gone:
             await self.s.store.forget_members(gone)
@@ -170,10 +185,10 @@ class Rooms:
             self.s.background(self.resync(template_id, list(watchers)))
             return
         self.last_seq[template_id] = seq
-        body = json.loads(payload)
-        frame = {"type": "update", "template": template_id, "seq": seq, **body}
+        # the payload is already JSON: frame it as text, once for every watcher (no decode, no re-encode)
+        text = f'{{"type":"update","template":{template_id},"seq":{seq},{payload[1:]}'
         for w in list(watchers):
-            w.send(frame)
+            w.out.put(text)
 
     async def run_subscriber(self) -> None:
         """One pub/sub connection for the rooms watched from this process."""
