@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sessions.anticheat import Level
-from sessions.machine import Ack, Effect, Finished, Refused, SessionState, TimeLeft, Warned
+from sessions.machine import Ack, Effect, Finished, Refused, SessionState, Status, TimeLeft, Warned
 from sessions.model import MarkingScheme, Question
 from sessions.scoring import Result, score
 
@@ -55,7 +55,7 @@ def state_frame(
         "status": state.status.value,
         "epoch": epoch,
         "server_time_ms": now_ms,
-        "deadline_ms": state.deadline_ms,
+        "deadline_ms": state.deadline_ms if state.status is Status.ACTIVE else None,
         "duration_ms": state.duration_ms,
         "grace_ms": state.grace_ms,
         "time_left_ms": state.time_left_ms(now_ms),

@@ -36,6 +36,8 @@ from sessions.machine import (
     Expire,
     Finished,
     Open,
+    Refusal,
+    Refused,
     SessionState,
     Status,
     Write,
@@ -53,8 +55,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+CLOCK_ACTIONS = frozenset({"pause", "resume", "extend", "credit"})
+
+
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _refused_not_active(decision: Decision) -> bool:
+    return any(isinstance(e, Refused) and e.code is Refusal.NOT_ACTIVE for e in decision.effects)
 
 
 class Outbound:
@@ -253,10 +262,15 @@ class StudentConnection:
 
     async def _execute(self, command: Command, binary: bool, received: float | None = None) -> None:
         """Decide, persist the decision's write (if any), then adopt its state and send its effects."""
-        for _ in range(2):
+        for attempt in range(2):
             assert self.state is not None
             decision = decide(self.state, command, self.now_ms())
             if decision.write is None:
+                if attempt == 0 and self.state.status is Status.PAUSED and _refused_not_active(decision):
+                    await self._reload()  # a lost "resume" notice must not lock the student out
+                    if self.closing:
+                        return
+                    continue
                 break
             try:
                 applied = await self.s.store.apply(self.sid, self.epoch, decision.write)
@@ -266,7 +280,10 @@ class StudentConnection:
             if applied.now_ms is not None:
                 self.clock_offset_ms = applied.now_ms - wall_ms()
             if applied.outcome is Outcome.NOT_DUE:
-                continue  # our clock ran ahead of Redis' (now corrected): decide again
+                await self._reload()  # our clock ran ahead of Redis', or we missed an extension: decide again
+                if self.closing:
+                    return
+                continue
             if not await self._reconcile(decision, decision.write, applied, binary):
                 return
             break
@@ -329,20 +346,18 @@ class StudentConnection:
         async with self.lock:
             if self.closing or self.state is None:
                 return
-            if notice.get("kind") == "message":
+            kind = str(notice.get("kind", ""))
+            if kind == "message":
                 self.send({"type": "message", "from": "proctor", "text": notice.get("text", "")})
                 return
-            before = self.state
             await self._reload()
             after = self.state
-            if self.closing or after is None or after.status.finished:
+            if self.closing or after is None or after.status.finished or kind not in CLOCK_ACTIONS:
                 return
-            if (before.status, before.deadline_ms, before.remaining_ms) != (after.status, after.deadline_ms,
-                                                                            after.remaining_ms):  # fmt: skip
-                now = self.now_ms()
-                self.send({"type": "clock", "status": after.status.value, "time_left_ms": after.time_left_ms(now),
-                           "deadline_ms": after.deadline_ms if after.status is Status.ACTIVE else None,
-                           "server_time_ms": now, "reason": notice.get("reason", "")})  # fmt: skip
+            now = self.now_ms()
+            self.send({"type": "clock", "status": after.status.value, "time_left_ms": after.time_left_ms(now),
+                       "deadline_ms": after.deadline_ms if after.status is Status.ACTIVE else None,
+                       "server_time_ms": now, "action": kind})  # fmt: skip
 
     async def _reload(self) -> None:
         stored = await self.s.store.load(self.sid)

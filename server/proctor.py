@@ -15,6 +15,7 @@ the session and pushes the change to the student. A room-wide message goes to `<
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Iterable
@@ -53,6 +54,30 @@ class ProctorConnection:
         self.ws = ws
         self.template_id = template_id
         self.out = Outbound(ws, limit)
+        self.seq = 0  # the last update (or snapshot) this proctor has been sent
+        self.pending: list[tuple[int, str]] | None = []  # updates that arrive while its snapshot is read
+
+    def deliver(self, seq: int, text: str) -> bool:
+        """False: this proctor missed something between its snapshot and this update (it needs a resync)."""
+        if self.pending is not None:
+            self.pending.append((seq, text))
+            return True
+        if seq <= self.seq:  # already in the snapshot it has
+            return True
+        if seq > self.seq + 1:
+            return False
+        self.seq = seq
+        self.out.put(text)
+        return True
+
+    def snapshot_sent(self, snap: dict[str, Any]) -> None:
+        self.seq = snap["seq"]
+        self.send(snap)
+        pending, self.pending = self.pending or [], None
+        for seq, text in sorted(pending):
+            if seq > self.seq:
+                self.seq = seq
+                self.out.put(text)
 
     def send(self, frame: dict[str, Any]) -> None:
         self.out.put(json.dumps(frame, separators=(",", ":")))
@@ -67,7 +92,7 @@ class Rooms:
         self.dirty: dict[int, set[str]] = {}
         self.watchers: dict[int, set[ProctorConnection]] = {}
         self.last_seq: dict[int, int] = {}
-        self._subscriptions: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._subscriptions: asyncio.Queue[tuple[str, str, asyncio.Future[None] | None]] = asyncio.Queue()
         self._snapshots: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.published = 0
         self.resyncs = 0
@@ -143,22 +168,26 @@ class Rooms:
 
     async def resync(self, template_id: int, watchers: Iterable[ProctorConnection]) -> None:
         self.resyncs += 1
+        targets = list(watchers)
+        for w in targets:
+            if w.pending is None:
+                w.pending = []  # hold updates until the fresh snapshot is out
         snap = await self.snapshot(template_id)
-        self.last_seq[template_id] = snap["seq"]
-        for w in watchers:
-            w.send(snap)
+        for w in targets:
+            w.snapshot_sent(snap)
 
     # ---- watching --------------------------------------------------------------------------------------
 
     async def watch(self, conn: ProctorConnection) -> None:
         tid = conn.template_id
         first = tid not in self.watchers
-        self.watchers.setdefault(tid, set()).add(conn)
-        if first:
-            await self._subscriptions.put(("subscribe", self.s.store.keys.room_feed(tid)))
-        snap = await self.snapshot(tid)
-        self.last_seq.setdefault(tid, snap["seq"])
-        conn.send(snap)
+        self.watchers.setdefault(tid, set()).add(conn)  # updates from now on are held in conn.pending
+        if first:  # subscribed before the snapshot is read, so no update falls between the two
+            subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            await self._subscriptions.put(("subscribe", self.s.store.keys.room_feed(tid), subscribed))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(subscribed, 5)
+        conn.snapshot_sent(await self.snapshot(tid))
 
     async def unwatch(self, conn: ProctorConnection) -> None:
         tid = conn.template_id
@@ -169,7 +198,7 @@ class Rooms:
         if not watchers:
             del self.watchers[tid]
             self.last_seq.pop(tid, None)
-            await self._subscriptions.put(("unsubscribe", self.s.store.keys.room_feed(tid)))
+            await self._subscriptions.put(("unsubscribe", self.s.store.keys.room_feed(tid), None))
 
     def on_feed(self, template_id: int, raw: str) -> None:
         seq_text, _, payload = raw.partition("|")
@@ -177,18 +206,17 @@ class Rooms:
         watchers = self.watchers.get(template_id)
         if not watchers:
             return
-        last = self.last_seq.get(template_id, seq - 1)
-        if seq <= last:
-            return  # already in the snapshot this process sent
-        if seq != last + 1:
+        last = self.last_seq.get(template_id)  # where this process' subscription is (None: just subscribed)
+        self.last_seq[template_id] = max(seq, last or 0)
+        if last is not None and seq > last + 1:
+            # pub/sub lost messages on the way to this process: everyone watching from here gets a snapshot
             log.info("room %d feed gap: expected %d, got %d; resyncing", template_id, last + 1, seq)
             self.s.background(self.resync(template_id, list(watchers)))
-            return
-        self.last_seq[template_id] = seq
         # the payload is already JSON: frame it as text, once for every watcher (no decode, no re-encode)
         text = f'{{"type":"update","template":{template_id},"seq":{seq},{payload[1:]}'
-        for w in list(watchers):
-            w.out.put(text)
+        behind = [w for w in list(watchers) if not w.deliver(seq, text)]
+        if behind and not (last is not None and seq > last + 1):
+            self.s.background(self.resync(template_id, behind))
 
     async def run_subscriber(self) -> None:
         """One pub/sub connection for the rooms watched from this process."""
@@ -203,16 +231,17 @@ class Rooms:
                             self.s.background(self.resync(tid, list(self.watchers[tid])))  # reconnected
                     while True:
                         while not self._subscriptions.empty():
-                            action, channel = self._subscriptions.get_nowait()
+                            action, channel, done = self._subscriptions.get_nowait()
                             if action == "subscribe":
                                 channels.add(channel)
                                 await ps.subscribe(channel)
                             else:
                                 channels.discard(channel)
                                 await ps.unsubscribe(channel)
+                            if done is not None and not done.done():
+                                done.set_result(None)
                         if not channels:
-                            action, channel = await self._subscriptions.get()
-                            await self._subscriptions.put((action, channel))
+                            await self._subscriptions.put(await self._subscriptions.get())
                             continue
                         message = await ps.get_message(timeout=0.05)
                         if message and message["type"] == "message":
@@ -301,7 +330,7 @@ async def proctor_ws(request: web.Request) -> web.WebSocketResponse:
                 except ValueError:
                     body = None
                 if isinstance(body, dict) and body.get("type") == "resync":
-                    await rooms.resync(tid, [conn])
+                    await rooms.resync(tid, [conn])  # this proctor only
                 elif isinstance(body, dict) and body.get("type") == "ping":
                     conn.send({"type": "pong", "server_time_ms": wall_ms()})
                 else:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sessions.machine import SessionState
+from sessions.machine import SessionState, Status
 from sessions.model import CheatKind
 
 # How much one event of each kind weighs, before it fades (half-life RISK_HALF_LIFE_MS).
@@ -88,8 +88,8 @@ def summary(
         "total": len(state.paper.question_ids),
         "last_seq": state.last_seq,
         "time_left_ms": state.time_left_ms(now_ms),
-        "deadline_ms": state.deadline_ms,
-        "online": online,
+        "deadline_ms": state.deadline_ms if state.status is Status.ACTIVE else None,
+        "online": online and not state.status.finished,
         "offline_ms": offline_ms,
         "violations": state.violations,
         "events": dict(sorted(counts.items())),

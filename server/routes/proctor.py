@@ -21,6 +21,7 @@ from sessions.machine import (
     ForceSubmit,
     Pause,
     ProctorCommand,
+    Refusal,
     Refused,
     Resume,
     SetFlag,
@@ -169,15 +170,22 @@ async def act(ctx: Ctx[ActionIn, None]) -> ActionOut:
         fail(409, "not_allowed", message)
     write = decision.write
     applied = await s.store.apply(sid, stored.epoch, write)  # proctor writes go through control.lua
+    if refused is not None and refused.code is Refusal.TOO_LATE:  # the clock had run out: it expired instead
+        await _audit(ctx, sid, tid, body, "expired", {})
+        await s.store.announce(sid, {"kind": "reload"})
+        fail(409, "expired", "the time for this exam was over; the session has expired")
     params: dict[str, Any] = {"seconds": getattr(command, "delta_ms", 0) // 1000} if isinstance(command, Extend) else {}
     if applied.outcome is not Outcome.OK:
-        outcome = {Outcome.TOO_LATE: "expired", Outcome.NOT_ACTIVE: "refused"}.get(applied.outcome, "refused")
-        await _audit(ctx, sid, tid, body, outcome, {**params, "status": applied.status})
+        if applied.outcome is Outcome.TOO_LATE:
+            await _audit(ctx, sid, tid, body, "expired", params)
+            await s.store.announce(sid, {"kind": "reload"})
+            fail(409, "expired", "the time for this exam was over; the session has expired")
+        await _audit(ctx, sid, tid, body, "refused", {**params, "status": applied.status})
         await s.store.announce(sid, {"kind": "reload"})
         fail(409, "not_allowed", f"the session is {applied.status.value if applied.status else 'gone'}")
     await _audit(ctx, sid, tid, body, "done", {**params, "deadline_ms": applied.deadline_ms,
                                                "remaining_ms": applied.remaining_ms})  # fmt: skip
-    await s.store.announce(sid, {"kind": body.action, "reason": body.reason})
+    await s.store.announce(sid, {"kind": body.action})  # the reason stays in the audit trail
     s.rooms.touch(tid, sid)
     after = await s.store.load(sid)
     assert after is not None

@@ -11,15 +11,18 @@ if not owner then return {'NO_SESSION'} end
 if owner ~= ARGV[1] then return {'FORBIDDEN'} end
 local now = now_ms()
 local epoch = redis.call('HINCRBY', meta, 'epoch', 1)
-local m = redis.call('HMGET', meta, 'status', 'offline_since_ms', 'deadline_ms', 'credit_cap_ms', 'credited_ms', 'ip', 'sid')
+local m = redis.call('HMGET', meta, 'status', 'offline_since_ms', 'deadline_ms', 'credit_cap_ms', 'credited_ms', 'ip',
+                    'sid', 'offline_total_ms')
 local status, since = m[1], tonumber(m[2])
-if since and (status == 'active' or status == 'paused') then
-  -- the time ledger: how long the student was away, and what was credited for it
+if since and status == 'active' then
+  -- the time ledger: how long the student was away, and what was credited for it (time away while the
+  -- clock stood still is not lost; a session paused now is credited by the proctor's resume instead)
   local gap = math.max(0, now - since)
   local credit = 0
   local cap, credited = tonumber(m[4]) or 0, tonumber(m[5]) or 0
-  if status == 'active' and cap > 0 then
-    credit = math.max(0, math.min(gap, cap - credited))
+  local uncredited = (tonumber(m[8]) or 0) + gap - credited  -- a proctor may have credited some already
+  if cap > 0 then
+    credit = math.max(0, math.min(gap, cap - credited, uncredited))
     if credit > 0 then
       local deadline = tonumber(m[3]) + credit
       redis.call('HSET', meta, 'deadline_ms', deadline)

@@ -100,7 +100,8 @@ async def test_watch_and_act_on_a_live_exam(client: TestClient[Any, Any]) -> Non
     r = await act(client, token, st.sid, action="pause", reason="fire alarm")
     assert r.status == 200, await r.text()
     clock = await next_of(st, "clock")
-    assert clock["status"] == "paused" and clock["reason"] == "fire alarm" and clock["deadline_ms"] is None
+    assert clock["status"] == "paused" and clock["action"] == "pause" and clock["deadline_ms"] is None
+    assert "fire alarm" not in json.dumps(clock)  # the proctor's reason stays in the audit trail
     left_when_paused = clock["time_left_ms"]
     refused = await st.answer(q["id"], q["options"][1]["id"])
     assert refused["type"] == "error" and refused["code"] == "not_active"
@@ -272,3 +273,41 @@ async def test_the_time_ledger_reaches_the_audit_trail_once(client: TestClient[A
         await write_rows(conn, rows)  # the flush replayed
     n = await s.pool.fetchval("SELECT count(*) FROM audit_log WHERE session_id = $1 AND action = 'disconnect'", st.sid)
     assert n == 1
+
+
+async def test_a_second_proctor_joining_a_busy_room_gets_a_consistent_feed(client: TestClient[Any, Any]) -> None:
+    tid = await own_template(client)
+    token = await proctor_token(client, tid)
+    st = await student(client, tid)
+    await st.connect()
+    first = Proctor(await client.ws_connect(f"/ws/proctor?template={tid}", headers=bearer(token)))
+    await first.recv()
+    for q in st.questions()[:3]:
+        await st.answer(q["id"], q["options"][0]["id"])
+    await first.until(st.sid, lambda r: r["answered"] == 3)
+    second = Proctor(await client.ws_connect(f"/ws/proctor?template={tid}", headers=bearer(token)))
+    await second.recv()  # snapshot; every update after it must be exactly the next number (Proctor checks)
+    for q in st.questions()[3:5]:
+        await st.answer(q["id"], q["options"][0]["id"])
+    for p in (first, second):
+        await p.until(st.sid, lambda r: r["answered"] == 5)
+    assert first.snapshots == second.snapshots == 1
+    await first.ws.close()
+    await second.ws.close()
+
+
+async def test_acting_after_the_clock_ran_out_expires_the_session(client: TestClient[Any, Any]) -> None:
+    tid = await own_template(client)
+    token = await proctor_token(client, tid)
+    st = await student(client, tid)
+    await st.connect()
+    s = services(client)
+    meta = s.store.keys.session(st.sid).meta
+    await s.redis.hset(meta, mapping={"deadline_ms": 1000, "grace_ms": 0})  # long past, nobody noticed yet
+    r = await act(client, token, st.sid, action="extend", seconds=60, reason="too late")
+    body = await r.json()
+    assert (r.status, body["error"]) == (409, "expired"), body
+    stored = await s.store.load(st.sid)
+    assert stored is not None and stored.state.status.value == "expired"
+    trail = await (await client.get(f"/api/proctor/sessions/{st.sid}/audit", headers=bearer(token))).json()
+    assert [(e["action"], e["outcome"]) for e in trail["entries"]] == [("extend", "expired")]
