@@ -14,22 +14,13 @@ import argparse
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from server.commands import positive_int
 from server.settings import Settings
 
 if TYPE_CHECKING:
     from storage import pg
 
 MIN_ITEMS = 3  # fewer calibrated together cannot place anyone on a scale
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
 
 
 def _share(text: str) -> float:
@@ -46,13 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("calibrate", help="fit item parameters (IRT) from the stored responses")
     p.add_argument("--bank", help="bank slug (default: every question with responses)")
     p.add_argument("--model", choices=["2pl", "3pl"], default="2pl")
-    p.add_argument("--min-responses", type=_positive, default=200, help="answers a question needs to be fitted")
+    p.add_argument("--min-responses", type=positive_int, default=200, help="answers a question needs to be fitted")
     p.add_argument("--include-flagged", action="store_true", help="also use attempts the anti-cheat policy flagged")
     p.add_argument("--anchor", action="store_true",
                    help="hold questions calibrated before (not pretest, not flagged) at their parameters")  # fmt: skip
     p.add_argument("--exposure", type=_share, metavar="R_MAX",
                    help="then set the bank's Sympson-Hetter parameters by simulation for this exposure")  # fmt: skip
-    p.add_argument("--exposure-simulees", type=_positive, default=2000, help="simulees per tuning round")
+    p.add_argument("--exposure-simulees", type=positive_int, default=2000, help="simulees per tuning round")
     p.add_argument("--dry-run", action="store_true", help="fit and report, write nothing")
     p.set_defaults(run=calibrate)
 
@@ -62,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = sub.add_parser("pretest", help="mark questions as unscored pretest items in adaptive tests, or release them")
     p.add_argument("action", choices=["add", "remove"])
-    p.add_argument("ids", type=_positive, nargs="+", metavar="QUESTION_ID")
+    p.add_argument("ids", type=positive_int, nargs="+", metavar="QUESTION_ID")
     p.set_defaults(run=pretest)
 
 
@@ -71,28 +62,28 @@ def simulate_arguments(p: argparse.ArgumentParser) -> None:
     that registering the command costs nothing at start-up)."""
     sub = p.add_subparsers(dest="what", required=True)
     cat = sub.add_parser("cat", help="adaptive tests: length, precision, exposure, overlap, fixed-form length")
-    cat.add_argument("--items", type=_positive, default=1000)
-    cat.add_argument("--simulees", type=_positive, default=3000)
-    cat.add_argument("--topics", type=_positive, default=4, help="topics, each an equal share of the blueprint")
+    cat.add_argument("--items", type=positive_int, default=1000)
+    cat.add_argument("--simulees", type=positive_int, default=3000)
+    cat.add_argument("--topics", type=positive_int, default=4, help="topics, each an equal share of the blueprint")
     cat.add_argument("--se", type=_share, default=0.30, help="the target standard error")
-    cat.add_argument("--min-items", type=_positive, default=5)
-    cat.add_argument("--max-items", type=_positive, default=60)
+    cat.add_argument("--min-items", type=positive_int, default=5)
+    cat.add_argument("--max-items", type=positive_int, default=60)
     cat.add_argument("--r-max", type=float, default=0.25, help="Sympson-Hetter maximum exposure (0: skip)")
-    cat.add_argument("--tune-simulees", type=_positive, default=3000, help="fresh simulees per tuning round")
+    cat.add_argument("--tune-simulees", type=positive_int, default=3000, help="fresh simulees per tuning round")
     cat.add_argument("--seed", type=int, default=1)
     tim = sub.add_parser("timing", help="update + next_item time per answer on a large bank")
-    tim.add_argument("--items", type=_positive, default=20000)
-    tim.add_argument("--topics", type=_positive, default=4)
-    tim.add_argument("--simulees", type=_positive, default=1000)
+    tim.add_argument("--items", type=positive_int, default=20000)
+    tim.add_argument("--topics", type=positive_int, default=4)
+    tim.add_argument("--simulees", type=positive_int, default=1000)
     tim.add_argument("--se", type=_share, default=0.30)
-    tim.add_argument("--min-items", type=_positive, default=5)
-    tim.add_argument("--max-items", type=_positive, default=60)
+    tim.add_argument("--min-items", type=positive_int, default=5)
+    tim.add_argument("--max-items", type=positive_int, default=60)
     tim.add_argument("--seed", type=int, default=1)
     rec = sub.add_parser("recovery", help="EM parameter recovery on simulated responses")
-    rec.add_argument("--persons", type=_positive, default=3000)
-    rec.add_argument("--items", type=_positive, default=100)
+    rec.add_argument("--persons", type=positive_int, default=3000)
+    rec.add_argument("--items", type=positive_int, default=100)
     rec.add_argument("--model", choices=["2pl", "3pl"], action="append", help="repeat; default: both")
-    rec.add_argument("--replications", type=_positive, default=1, help="fits with seeds seed, seed + 1, ...")
+    rec.add_argument("--replications", type=positive_int, default=1, help="fits with seeds seed, seed + 1, ...")
     rec.add_argument("--seed", type=int, default=1)
 
 

@@ -6,18 +6,9 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, date, datetime, timedelta
 
+from server.commands import positive_int
 from server.settings import Settings
 from storage import analytics, pg
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
 
 
 def _day(text: str) -> date:
@@ -35,14 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(run=report)
 
     p = sub.add_parser("cleanup", help="delete analytics events older than N days")
-    p.add_argument("--older-than-days", type=_positive, required=True)
-    p.add_argument("--batch", type=_positive, default=5000, help="rows per DELETE statement")
+    p.add_argument("--older-than-days", type=positive_int, required=True)
+    p.add_argument("--batch", type=positive_int, default=5000, help="rows per DELETE statement")
     p.set_defaults(run=cleanup)
 
     p = sub.add_parser("leaderboard", help="leaderboards in Redis")
     actions = p.add_subparsers(dest="action", required=True)
     r = actions.add_parser("rebuild", help="rebuild the current boards from PostgreSQL")
-    r.add_argument("--template", type=_positive, action="append", help="template id (repeat; default: all)")
+    r.add_argument("--template", type=positive_int, action="append", help="template id (repeat; default: all)")
     r.set_defaults(run=rebuild)
 
     p = sub.add_parser("progress", help="per-topic progress")
