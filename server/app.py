@@ -7,11 +7,14 @@ import contextlib
 import logging
 import math
 import os
+import random
 import socket
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 
 from server import api as api_edge
@@ -48,13 +51,45 @@ def connect_redis(settings: Settings, *, decode: bool = True) -> AnyRedis:
         return RedisCluster.from_url(
             settings.redis_url, decode_responses=decode, socket_timeout=timeout, socket_connect_timeout=timeout
         )
+    return _plain(settings.redis_url, settings, decode)
+
+
+def _plain(url: str, settings: Settings, decode: bool) -> Redis:
+    timeout = settings.redis_timeout_s
     return Redis.from_url(
-        settings.redis_url,
-        decode_responses=decode,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        health_check_interval=30,
+        url, decode_responses=decode, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
     )
+
+
+def _on_node(url: str, host: str, port: int) -> str:
+    """The URL with its host and port replaced (scheme, credentials and database kept)."""
+    parts = urlsplit(url)
+    credentials, at, _ = parts.netloc.rpartition("@")
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return urlunsplit(parts._replace(netloc=f"{credentials}{at}{where}"))
+
+
+@contextlib.asynccontextmanager
+async def subscriber(settings: Settings, redis: AnyRedis) -> AsyncIterator[PubSub]:
+    """A pub/sub connection of its own (subscribe confirmations not reported), closed on exit.
+
+    On a Redis Cluster, classic (not sharded) pub/sub is broadcast over the cluster bus: every node delivers
+    every channel's messages, those PUBLISHed by a Lua script included. So one plain connection to any primary
+    hears every channel examhub uses, whatever slot its name hashes to; a random primary each time, so that
+    subscribing again after a failure does not insist on a node that is gone."""
+    if not isinstance(redis, RedisCluster):
+        async with redis.pubsub(ignore_subscribe_messages=True) as ps:
+            yield ps
+        return
+    assert settings.redis_url is not None
+    await redis.initialize()  # a no-op once the client knows the cluster's nodes
+    node = random.choice(redis.get_primaries())
+    client = _plain(_on_node(settings.redis_url, node.host, int(node.port)), settings, decode=True)
+    try:
+        async with client.pubsub(ignore_subscribe_messages=True) as ps:
+            yield ps
+    finally:
+        await client.aclose()
 
 
 def invalidate_after_flush(cache: TieredCache, store: RedisSessionStore) -> OnCommitted:
@@ -124,9 +159,14 @@ async def open_services(settings: Settings) -> Services:
 
 
 async def close_services(services: Services) -> None:
-    for task in list(services.tasks):
+    tasks = list(services.tasks)
+    for task in tasks:
         task.cancel()
-    await asyncio.gather(*services.tasks, return_exceptions=True)
+    if tasks:
+        # bounded: a cancellation swallowed inside a client library must not keep the process from exiting
+        _, stuck = await asyncio.wait(tasks, timeout=5)
+        for task in stuck:
+            log.warning("background task %s did not stop within 5 s; leaving it", task.get_name())
     await services.writer.close()
     await services.redis.aclose()
     await services.cache_redis.aclose()

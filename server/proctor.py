@@ -220,11 +220,13 @@ class Rooms:
 
     async def run_subscriber(self) -> None:
         """One pub/sub connection for the rooms watched from this process."""
+        from server.app import subscriber  # server.app imports this module
+
         prefix = self.s.store.keys.room_feed(0).split("{")[0]
         channels: set[str] = set()
         while True:
             try:
-                async with self.s.redis.pubsub(ignore_subscribe_messages=True) as ps:
+                async with subscriber(self.s.settings, self.s.redis) as ps:
                     if channels:
                         await ps.subscribe(*channels)
                         for tid in list(self.watchers):
@@ -257,12 +259,14 @@ class Rooms:
 
 async def listen_control(services: Services) -> None:
     """Fences, proctor actions and room messages for the student connections held by this process."""
+    from server.app import subscriber  # server.app imports this module
+
     keys = services.store.keys
     channels = [keys.fence_channel, keys.broadcast_channel, *(keys.control_channel(p) for p in range(PARTITIONS))]
     hub = services.hub
     while True:
         try:
-            async with services.redis.pubsub(ignore_subscribe_messages=True) as ps:
+            async with subscriber(services.settings, services.redis) as ps:
                 await ps.subscribe(*channels)
                 async for message in ps.listen():
                     channel, data = str(message["channel"]), str(message["data"])

@@ -257,7 +257,7 @@ async def rebuild_leaderboards(
             if members:
                 _zadd_chunks(pipe, tmp, members, gt=False)
                 pipe.expire(tmp, _TMP_TTL_S)  # left behind only if this pipeline breaks off
-                pipe.rename(tmp, b.key)
+                pipe.execute_command("RENAME", tmp, b.key)  # not pipe.rename: redis-py's cluster pipelines refuse it
             else:
                 pipe.delete(b.key)
             _finish_board(pipe, b)

@@ -23,7 +23,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from redis.exceptions import RedisError, ResponseError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from sessions.machine import SessionState
 from sessions.model import Question
@@ -214,12 +215,22 @@ class Flusher:
             if n == 0:
                 await asyncio.sleep(backoff)
 
+    def _xreadgroup(self, pipe: Any, stream: str, after: str) -> None:
+        where: dict[str, Any] = {}
+        if isinstance(self._redis, RedisCluster):
+            # redis-py cannot tell where XREADGROUP's keys are (they are "movable") and would ask the server with
+            # a COMMAND GETKEYS round trip per command, one after another, before sending the pipeline.
+            where = {"target_nodes": self._redis.get_node_from_key(stream)}
+        pipe.execute_command(
+            "XREADGROUP", "GROUP", FLUSH_GROUP, self.consumer, "COUNT", self._batch, "STREAMS", stream, after, **where
+        )
+
     async def _read(self) -> list[Entry]:
         pipe = self._redis.pipeline(transaction=False)
         for p in range(PARTITIONS):
             stream = self._keys.outbox(p)
-            pipe.xreadgroup(FLUSH_GROUP, self.consumer, {stream: "0"}, count=self._batch)  # our own pending
-            pipe.xreadgroup(FLUSH_GROUP, self.consumer, {stream: ">"}, count=self._batch)
+            self._xreadgroup(pipe, stream, "0")  # our own pending
+            self._xreadgroup(pipe, stream, ">")
         claim = time.monotonic() - self._last_claim > self._claim_idle_ms / 2000
         if claim:
             self._last_claim = time.monotonic()
@@ -310,21 +321,23 @@ class Flusher:
                 "their TTL", len(scores), exc_info=True,
             )  # fmt: skip
 
-    async def _acknowledge(self, entries: Sequence[Entry]) -> None:
+    async def _acknowledge(self, entries: Sequence[Entry], *, reload_allowed: bool = True) -> None:
         pipe = self._redis.pipeline(transaction=False)
         for e in entries:
             k = self._keys.session(e.sid)
-            pipe.evalsha(
-                self._scripts.flushed.sha, 5, e.stream, k.meta, k.ans, k.ev, k.ledger,
+            pipe.execute_command(  # not pipe.evalsha: redis-py's cluster pipelines refuse it by name
+                "EVALSHA", self._scripts.flushed.sha, 5, e.stream, k.meta, k.ans, k.ev, k.ledger,
                 FLUSH_GROUP, e.entry_id, self._flushed_ttl_s,
             )  # fmt: skip
         try:
             await pipe.execute()
-        except ResponseError as exc:
-            if "NOSCRIPT" not in str(exc):
+        except NoScriptError:
+            # Redis restarted and lost its scripts (redis-py names the error by class, not by the text
+            # "NOSCRIPT"). The calls that did run are idempotent: run them all again.
+            if not reload_allowed:
                 raise
             await self._scripts.register(self._redis)
-            await self._acknowledge(entries)
+            await self._acknowledge(entries, reload_allowed=False)
 
     async def outbox_length(self) -> int:
         pipe = self._redis.pipeline(transaction=False)

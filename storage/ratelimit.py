@@ -169,7 +169,9 @@ class RedisLimiter:
         pipe = self._redis.pipeline(transaction=False)
         for limit in limits:
             rate = limit.rate
-            pipe.evalsha(self.script.sha, 1, self.key(limit.scope, limit.id), rate.interval_ms, rate.tolerance_ms)
+            key = self.key(limit.scope, limit.id)
+            # not pipe.evalsha: redis-py's cluster pipelines refuse it by name
+            pipe.execute_command("EVALSHA", self.script.sha, 1, key, rate.interval_ms, rate.tolerance_ms)
         replies: list[list[int] | Exception] = await pipe.execute(raise_on_error=False)
         lost = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if lost and reload_allowed:

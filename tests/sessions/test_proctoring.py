@@ -55,11 +55,11 @@ def test_extend_and_shorten() -> None:
     s = opened()
     longer = decide(s, Extend(60_000), T0)
     assert longer.state.deadline_ms == T0 + 660_000 and longer.write == Control("extend", delta_ms=60_000)
-    shorter = decide(s, Extend(-10**9), T0 + 5000)
+    shorter = decide(s, Extend(-(10**9)), T0 + 5000)
     assert shorter.state.deadline_ms == T0 + 5000  # never into the past
     paused = decide(s, Pause(), T0 + 100_000).state
     assert decide(paused, Extend(30_000), T0).state.remaining_ms == 530_000
-    created = decide(fresh(), Extend(-10**9), T0).state
+    created = decide(fresh(), Extend(-(10**9)), T0).state
     assert created.duration_ms == 1000
 
 

@@ -1,0 +1,145 @@
+"""What only a cluster can show: sessions in every partition (so on every master) expire, finish and flush
+once; the durability check asks every primary; one subscriber hears every channel whichever node publishes;
+the flusher reloads its script after the primaries lost theirs."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from server.app import subscriber
+from server.settings import Settings
+from sessions.machine import Activate, Finish, FinishReason, SaveAnswer, SavedAnswer
+from sessions.paper import draw_paper
+from storage import pg
+from storage.catalog import Catalog
+from storage.durability import redis_problems
+from storage.keys import PARTITIONS, partition_of
+from storage.session_store import Opened, Outcome, RedisSessionStore
+from storage.sweeper import Sweeper
+from storage.writer import CoalescingWriter
+from tests.conftest import template_id
+from tests.storage.conftest import make_flusher
+from tests.storage.test_flusher import counts, outbox_total
+
+
+def node_of(redis: RedisCluster, key: str) -> str:
+    node = redis.get_node_from_key(key)
+    assert node is not None
+    return str(node.name)
+
+
+def sid_in(partition: int) -> str:
+    sid = f"{partition:08x}{secrets.token_hex(12)}"
+    assert partition_of(sid) == partition
+    return sid
+
+
+async def active_session(pool: pg.Pool, store: RedisSessionStore, sid: str) -> int:
+    """A session of biology-quick-10, in PostgreSQL and Redis, opened and with one answer saved; its epoch."""
+    catalog = Catalog(pool)
+    found = await catalog.template(await template_id(pool, "biology-quick-10"))
+    assert found is not None
+    tpl, bank_id = found
+    paper = draw_paper(await catalog.bank(bank_id), tpl.rule, sid)
+    uid = await pg.create_guest(pool, "cluster test")
+    await pg.insert_session(pool, sid, secrets.token_hex(8), uid, tpl.id, paper)
+    assert await store.create(sid, str(uid), tpl, paper, 0)
+    opened = await store.open(sid, str(uid))
+    assert isinstance(opened, Opened)
+    epoch = opened.stored.epoch
+    assert (await store.apply(sid, epoch, Activate())).outcome is Outcome.OK
+    q = paper.question_ids[0]
+    answer = SaveAnswer(1, q, SavedAnswer(paper.option_order[q][0], False, 100, 1, 1000))
+    assert (await store.apply(sid, epoch, answer)).outcome is Outcome.OK
+    return epoch
+
+
+async def test_a_session_in_every_partition_expires_or_finishes_and_flushes_once(
+    pool: pg.Pool, store: RedisSessionStore, redis: RedisCluster
+) -> None:
+    sids = [sid_in(p) for p in range(PARTITIONS)]
+    masters = {node_of(redis, store.keys.session(sid).meta) for sid in sids}
+    assert masters == {n.name for n in redis.get_primaries()} and len(masters) == 3
+    epochs = await asyncio.gather(*(active_session(pool, store, sid) for sid in sids))
+    for p, (sid, epoch) in enumerate(zip(sids, epochs, strict=True)):
+        if p % 2 == 0:  # half submitted by the student ...
+            assert (await store.apply(sid, epoch, Finish(2, FinishReason.STUDENT))).outcome is Outcome.OK
+        else:  # ... half past their deadline, for the sweeper (TIME on one node, the due sets on all three)
+            k = store.keys.session(sid)
+            await redis.hset(k.meta, mapping={"deadline_ms": 1000, "grace_ms": 0})
+            await redis.zadd(k.due, {sid: 1000})
+    assert sorted(await store.due(int(time.time() * 1000))) == sorted(sids[1::2])
+    assert await Sweeper(redis, store).sweep_once() == PARTITIONS // 2
+    assert await store.due(int(time.time() * 1000)) == []
+    loaded = await store.load_many(sids)  # one pipeline over every master
+    assert {s.state.status.value for s in loaded.values()} == {"submitted", "expired"} and len(loaded) == PARTITIONS
+
+    flusher = make_flusher(redis, pool, store, "f1")
+    await flusher.ensure_groups()
+    assert await flusher.flush_once() == PARTITIONS
+    assert await flusher.flush_once() == 0
+    assert (await counts(pool, sids))[:3] == (PARTITIONS, 10 * PARTITIONS, 0)
+    assert await outbox_total(redis, store) == 0
+    assert await flusher.outbox_length() == 0
+
+
+async def test_the_flusher_reloads_its_script_when_the_primaries_lost_theirs(
+    pool: pg.Pool, store: RedisSessionStore, redis: RedisCluster
+) -> None:
+    sid = sid_in(3)
+    epoch = await active_session(pool, store, sid)
+    assert (await store.apply(sid, epoch, Finish(2, FinishReason.STUDENT))).outcome is Outcome.OK
+    flusher = make_flusher(redis, pool, store, "f1")
+    await flusher.ensure_groups()
+    await redis.script_flush()  # on every primary: what a restart does to the script cache
+    assert await flusher.flush_once() == 1
+    assert await outbox_total(redis, store) == 0  # acknowledged: the script was loaded again and ran
+    assert (await counts(pool, [sid]))[0] == 1
+
+
+async def test_durability_is_checked_on_every_primary(redis: RedisCluster) -> None:
+    assert await redis_problems(redis) == []
+    await redis.initialize()
+    default = redis.get_default_node()
+    node = next(n for n in redis.get_primaries() if n.name != default.name)  # one a plain CONFIG GET never asks
+    direct = Redis(host=node.host, port=int(node.port), decode_responses=True)
+    try:
+        await direct.config_set("appendfsync", "everysec")
+        problems = await redis_problems(redis)
+    finally:
+        await direct.config_set("appendfsync", "always")
+        await direct.aclose()
+    assert problems == [f"{node.name}: appendfsync is 'everysec': an acknowledged answer needs 'always'"]
+
+
+async def test_one_subscriber_hears_every_channel_whichever_master_publishes(
+    redis: RedisCluster, store: RedisSessionStore, writer: CoalescingWriter, cluster_url: str
+) -> None:
+    keys = store.keys
+    rooms = [1, 2, 3]  # {r1}, {r2} and {r3} hash to slots of three different masters
+    assert len({node_of(redis, keys.room_seq(t)) for t in rooms}) == 3
+    channels = [keys.fence_channel, keys.broadcast_channel, *(keys.control_channel(p) for p in range(PARTITIONS)),
+                *(keys.room_feed(t) for t in rooms)]  # fmt: skip
+    settings = Settings(redis_url=cluster_url, redis_cluster=True)
+    got: dict[str, list[str]] = {}
+    async with subscriber(settings, redis) as ps:
+        await ps.subscribe(*channels)
+        await store.publish_fence("f" * 32, 7)
+        await redis.publish(keys.broadcast_channel, "to the room")
+        for p in range(PARTITIONS):
+            await store.announce(sid_in(p), {"op": "pause"})
+        for t in rooms:  # PUBLISH run by publish.lua, on the master that holds the room's counter
+            assert await writer.call(store.scripts.publish, [keys.room_seq(t)], [keys.room_feed(t), "{}"]) == 1
+        deadline = time.monotonic() + 5
+        while sum(len(v) for v in got.values()) < len(channels) and time.monotonic() < deadline:
+            message = await ps.get_message(timeout=0.1)
+            if message is not None:
+                got.setdefault(message["channel"], []).append(message["data"])
+    assert sorted(got) == sorted(channels)
+    assert got[keys.fence_channel] == [f"{'f' * 32} 7"] and got[keys.room_feed(2)] == ["1|{}"]
+    assert all(len(v) == 1 for v in got.values())
