@@ -12,7 +12,7 @@ if owner ~= ARGV[1] then return {'FORBIDDEN'} end
 local now = now_ms()
 local epoch = redis.call('HINCRBY', meta, 'epoch', 1)
 local m = redis.call('HMGET', meta, 'status', 'offline_since_ms', 'deadline_ms', 'credit_cap_ms', 'credited_ms', 'ip',
-                    'sid', 'offline_total_ms')
+                    'sid', 'offline_total_ms', 'online')
 local status, since = m[1], tonumber(m[2])
 if since and status == 'active' then
   -- the time ledger: how long the student was away, and what was credited for it (time away while the
@@ -32,6 +32,11 @@ if since and status == 'active' then
   end
   redis.call('HINCRBY', meta, 'offline_total_ms', gap)
   redis.call('RPUSH', ledger, since .. '|' .. now .. '|' .. gap .. '|' .. credit)
+end
+if m[9] == '1' and (status == 'active' or status == 'paused') then
+  -- taken over while the previous connection still held the session: a second device (or a drop the
+  -- server has not noticed yet). Recorded for the proctor's risk score; not a policy violation.
+  redis.call('RPUSH', ev, 'second_device|' .. now .. '|0')
 end
 redis.call('HSET', meta, 'online', 1)
 redis.call('HDEL', meta, 'offline_since_ms')

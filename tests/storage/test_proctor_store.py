@@ -111,3 +111,17 @@ async def test_without_credit_the_time_lost_waits_for_a_proctor(store: RedisSess
     assert isinstance(back, Opened)
     p = back.stored.presence
     assert p.credited_ms == 0 and 30_000 <= p.uncredited_ms(back.now_ms) < 35_000
+
+
+async def test_a_takeover_while_online_is_recorded_as_a_second_device(store: RedisSessionStore) -> None:
+    from sessions.model import CheatKind
+
+    epoch = await opened(store)
+    second = await store.open(SID, "u1", "10.0.0.9")  # the first connection never left
+    assert isinstance(second, Opened)
+    kinds = [c.kind for c in second.stored.state.cheats]
+    assert kinds == [CheatKind.SECOND_DEVICE] and second.stored.state.violations == 0
+    await store.leave(SID, second.stored.epoch)
+    third = await store.open(SID, "u1", "10.0.0.9")  # a normal return after leaving: nothing new
+    assert isinstance(third, Opened) and len(third.stored.state.cheats) == 1
+    assert epoch < second.stored.epoch < third.stored.epoch
