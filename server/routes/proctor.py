@@ -28,6 +28,7 @@ from sessions.machine import (
     Terminate,
     decide,
 )
+from storage.errors import StorageUnavailable
 from storage.session_store import Outcome
 
 Reason = Annotated[str, Field(max_length=500)]
@@ -129,12 +130,50 @@ def _command(body: ActionIn, uncredited_ms: int) -> ProctorCommand:
 
 
 async def _audit(ctx: Ctx[Any, Any], sid: str, template_id: int, body: ActionIn, outcome: str,
-                 params: dict[str, Any]) -> None:  # fmt: skip
-    await ctx.services.pool.execute(
+                 params: dict[str, Any]) -> int:  # fmt: skip
+    """Write the audit row. Actions write it as 'pending' BEFORE they change anything, so that no change can
+    exist without its row (PostgreSQL down: 503 and nothing happened), then settle it with _settle()."""
+    audit_id: int = await ctx.services.pool.fetchval(
         """INSERT INTO audit_log (session_id, template_id, actor_id, action, reason, params, outcome)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+           VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id""",
         sid, template_id, ctx.me.user_id, body.action, body.reason, params, outcome,
     )  # fmt: skip
+    return audit_id
+
+
+async def _settle(ctx: Ctx[Any, Any], audit_id: int, outcome: str, params: dict[str, Any]) -> None:
+    await ctx.services.pool.execute(
+        "UPDATE audit_log SET outcome = $2, params = params || $3::jsonb WHERE id = $1", audit_id, outcome, params
+    )
+
+
+async def _carry_out(ctx: Ctx[ActionIn, None], sid: str, tid: int, epoch: int, command: ProctorCommand,
+                    decision: Decision) -> None:  # fmt: skip
+    """Audit (pending), persist, settle the audit; a refusal or an expiry ends in a 409."""
+    s, body = ctx.services, ctx.body
+    refused = next((e for e in decision.effects if isinstance(e, Refused)), None)
+    assert decision.write is not None
+    write = decision.write
+    params: dict[str, Any] = {"seconds": getattr(command, "delta_ms", 0) // 1000} if isinstance(command, Extend) else {}
+    audit_id = await _audit(ctx, sid, tid, body, "pending", params)
+    try:
+        applied = await s.store.apply(sid, epoch, write)  # proctor writes go through control.lua
+    except StorageUnavailable:
+        await _settle(ctx, audit_id, "unknown", {})  # Redis did not answer: the action may or may not stand
+        raise
+    if refused is not None and refused.code is Refusal.TOO_LATE:  # the clock had run out: it expired instead
+        await _settle(ctx, audit_id, "expired", {})
+        await s.store.announce(sid, {"kind": "reload"})
+        fail(409, "expired", "the time for this exam was over; the session has expired")
+    if applied.outcome is not Outcome.OK:
+        if applied.outcome is Outcome.TOO_LATE:
+            await _settle(ctx, audit_id, "expired", {})
+            await s.store.announce(sid, {"kind": "reload"})
+            fail(409, "expired", "the time for this exam was over; the session has expired")
+        await _settle(ctx, audit_id, "refused", {"status": applied.status})
+        await s.store.announce(sid, {"kind": "reload"})
+        fail(409, "not_allowed", f"the session is {applied.status.value if applied.status else 'gone'}")
+    await _settle(ctx, audit_id, "done", {"deadline_ms": applied.deadline_ms, "remaining_ms": applied.remaining_ms})
 
 
 @api.post("/api/proctor/sessions/{sid}/actions", body=ActionIn, response=ActionOut, roles=STAFF, tag="proctor")
@@ -156,8 +195,9 @@ async def act(ctx: Ctx[ActionIn, None]) -> ActionOut:
     if body.action == "message":
         if body.text is None:
             fail(422, "invalid_body", "text: a message needs text")
+        audit_id = await _audit(ctx, sid, tid, body, "pending", {"text": body.text})
         await s.store.announce(sid, {"kind": "message", "text": body.text})
-        await _audit(ctx, sid, tid, body, "sent", {"text": body.text})
+        await _settle(ctx, audit_id, "sent", {})
         return ActionOut(action=body.action, outcome="sent", session=row_of(stored, wall_ms()))
 
     now = wall_ms()
@@ -168,23 +208,7 @@ async def act(ctx: Ctx[ActionIn, None]) -> ActionOut:
         message = refused.message if refused else "nothing to do"
         await _audit(ctx, sid, tid, body, "refused", {"why": message})
         fail(409, "not_allowed", message)
-    write = decision.write
-    applied = await s.store.apply(sid, stored.epoch, write)  # proctor writes go through control.lua
-    if refused is not None and refused.code is Refusal.TOO_LATE:  # the clock had run out: it expired instead
-        await _audit(ctx, sid, tid, body, "expired", {})
-        await s.store.announce(sid, {"kind": "reload"})
-        fail(409, "expired", "the time for this exam was over; the session has expired")
-    params: dict[str, Any] = {"seconds": getattr(command, "delta_ms", 0) // 1000} if isinstance(command, Extend) else {}
-    if applied.outcome is not Outcome.OK:
-        if applied.outcome is Outcome.TOO_LATE:
-            await _audit(ctx, sid, tid, body, "expired", params)
-            await s.store.announce(sid, {"kind": "reload"})
-            fail(409, "expired", "the time for this exam was over; the session has expired")
-        await _audit(ctx, sid, tid, body, "refused", {**params, "status": applied.status})
-        await s.store.announce(sid, {"kind": "reload"})
-        fail(409, "not_allowed", f"the session is {applied.status.value if applied.status else 'gone'}")
-    await _audit(ctx, sid, tid, body, "done", {**params, "deadline_ms": applied.deadline_ms,
-                                               "remaining_ms": applied.remaining_ms})  # fmt: skip
+    await _carry_out(ctx, sid, tid, stored.epoch, command, decision)
     await s.store.announce(sid, {"kind": body.action})  # the reason stays in the audit trail
     s.rooms.touch(tid, sid)
     after = await s.store.load(sid)
