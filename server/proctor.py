@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+AUDIENCE_TTL_S = 0.5  # how long a room's subscriber count is trusted before asking Redis again
 SNAPSHOT_CHUNK = 50  # sessions decoded between two returns to the event loop while reading a snapshot
 
 
@@ -47,6 +49,29 @@ def row_of(stored: Stored, now_ms: int) -> dict[str, Any]:
         ip_changes=p.ip_changes,
         offline_ms=p.uncredited_ms(now_ms),
     )
+
+
+def _numsub_pairs(raw: Any) -> list[tuple[str, int]]:
+    """PUBSUB NUMSUB's reply, parsed (list of pairs) or flat ([channel, n, channel, n, ...])."""
+    if raw and isinstance(raw[0], (list, tuple)):
+        return [(str(c), int(n)) for c, n in raw]
+    return [(str(raw[i]), int(raw[i + 1])) for i in range(0, len(raw), 2)]
+
+
+async def subscriber_counts(redis: Any, channels: list[str]) -> dict[str, int]:
+    """Subscribers per channel. On a cluster each node counts only its own subscribers: ask them all."""
+    from redis.asyncio.cluster import RedisCluster
+
+    totals: dict[str, int] = dict.fromkeys(channels, 0)
+    if isinstance(redis, RedisCluster):
+        replies = await redis.execute_command("PUBSUB NUMSUB", *channels, target_nodes=RedisCluster.ALL_NODES)
+        per_node = replies.values() if isinstance(replies, dict) else [replies]
+    else:
+        per_node = [await redis.execute_command("PUBSUB NUMSUB", *channels)]
+    for reply in per_node:
+        for channel, n in _numsub_pairs(reply):
+            totals[channel] = totals.get(channel, 0) + n
+    return totals
 
 
 class ProctorConnection:
@@ -94,6 +119,7 @@ class Rooms:
         self.last_seq: dict[int, int] = {}
         self._subscriptions: asyncio.Queue[tuple[str, str, asyncio.Future[None] | None]] = asyncio.Queue()
         self._snapshots: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._audience: dict[int, tuple[float, int]] = {}  # room -> (checked at, subscribers)
         self.published = 0
         self.resyncs = 0
 
@@ -102,10 +128,29 @@ class Rooms:
     def touch(self, template_id: int, sid: str) -> None:
         self.dirty.setdefault(template_id, set()).add(sid)
 
+    async def _audiences(self, template_ids: list[int]) -> dict[int, int]:
+        """How many subscribers each room's feed has, cluster-wide (PUBSUB NUMSUB), cached for AUDIENCE_TTL_S."""
+        now = time.monotonic()
+        stale = [t for t in template_ids if now - self._audience.get(t, (-1e9, 0))[0] > AUDIENCE_TTL_S]
+        if stale:
+            keys = self.s.store.keys
+            channels = [keys.room_feed(t) for t in stale]
+            counts = await subscriber_counts(self.s.redis, channels)
+            for t, channel in zip(stale, channels, strict=True):
+                self._audience[t] = (now, counts.get(channel, 0))
+        return {t: self._audience[t][1] for t in template_ids}
+
     async def publish_dirty(self) -> int:
         if not self.dirty:
             return 0
-        dirty, self.dirty = self.dirty, {}
+        # Rooms nobody watches (on any process) cost nothing: their sessions stay dirty, and are published as
+        # soon as a proctor subscribes (a new proctor's snapshot covers them; these updates top it up).
+        audience = await self._audiences(list(self.dirty))
+        dirty = {t: sids for t, sids in self.dirty.items() if audience[t] > 0}
+        if not dirty:
+            return 0
+        for t in dirty:
+            del self.dirty[t]
         now = wall_ms()
         keys = self.s.store.keys
         local = self.s.hub.connections

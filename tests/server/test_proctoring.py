@@ -311,3 +311,25 @@ async def test_acting_after_the_clock_ran_out_expires_the_session(client: TestCl
     assert stored is not None and stored.state.status.value == "expired"
     trail = await (await client.get(f"/api/proctor/sessions/{st.sid}/audit", headers=bearer(token))).json()
     assert [(e["action"], e["outcome"]) for e in trail["entries"]] == [("extend", "expired")]
+
+
+async def test_rooms_nobody_watches_cost_no_publishing(client: TestClient[Any, Any]) -> None:
+    tid = await own_template(client)
+    st = await student(client, tid)
+    await st.connect()
+    q = st.questions()[0]
+    await st.answer(q["id"], q["options"][0]["id"])
+    s = services(client)
+    rooms = s.rooms
+    seq_key = s.store.keys.room_seq(tid)
+    await asyncio.sleep(0.3)  # a few publisher windows
+    assert await s.redis.get(seq_key) is None  # nothing was published: nobody watches
+    assert st.sid in rooms.dirty.get(tid, set())  # but the change is kept for a proctor to come
+    token = await proctor_token(client, tid)
+    p = Proctor(await client.ws_connect(f"/ws/proctor?template={tid}", headers=bearer(token)))
+    await p.recv()
+    rooms._audience.clear()  # do not wait for the cached "nobody" to age
+    await st.answer(st.questions()[1]["id"], st.questions()[1]["options"][0]["id"])
+    await p.until(st.sid, lambda r: r["answered"] == 2)
+    assert int(await s.redis.get(seq_key)) >= 1
+    await p.ws.close()
