@@ -144,10 +144,12 @@ async def create_guest(pool: Pool, display_name: str) -> uuid.UUID:
     return uid
 
 
-async def user_exists(pool: Pool, user_id: uuid.UUID) -> bool:
-    return bool(
-        await pool.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND disabled_at IS NULL)", user_id)
+async def active_user_name(pool: Pool, user_id: uuid.UUID) -> str | None:
+    """The display name of an enabled user; None when there is no such user or it is disabled."""
+    name: str | None = await pool.fetchval(
+        "SELECT display_name FROM users WHERE id = $1 AND disabled_at IS NULL", user_id
     )
+    return name
 
 
 async def insert_session(

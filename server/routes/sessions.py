@@ -80,7 +80,8 @@ async def start_session(ctx: Ctx[StartIn, None]) -> StartOut:
     if found is None:
         fail(404, "template_not_found", f"template {data.template_id} does not exist or is archived")
     template, bank_id = found
-    if not await pg.user_exists(s.pool, user.user_id):
+    name = await pg.active_user_name(s.pool, user.user_id)
+    if name is None:
         fail(403, "forbidden", "this user does not exist or is disabled")
     sid = secrets.token_hex(16)
     try:
@@ -90,7 +91,6 @@ async def start_session(ctx: Ctx[StartIn, None]) -> StartOut:
     ttl = s.settings.created_ttl_s + template.duration_ms // 1000 + s.settings.session_token_slack_s
     token, token_id = s.auth.session_token(sid, user.user_id, ttl)
     await pg.insert_session(s.pool, sid, token_id, user.user_id, template.id, paper)
-    name = await s.pool.fetchval("SELECT display_name FROM users WHERE id = $1", user.user_id) or ""
     await s.store.create(sid, str(user.user_id), template, paper, wall_ms(), name)
     return StartOut(
         session_id=sid,

@@ -333,3 +333,32 @@ async def test_rooms_nobody_watches_cost_no_publishing(client: TestClient[Any, A
     await p.until(st.sid, lambda r: r["answered"] == 2)
     assert int(await s.redis.get(seq_key)) >= 1
     await p.ws.close()
+
+
+async def test_bad_input_on_the_feed_gets_an_error_frame(client: TestClient[Any, Any]) -> None:
+    tid = await own_template(client)
+    token = await proctor_token(client, tid)
+    for query in ("", "template=abc", "template=99999999999999999999"):
+        ws = await client.ws_connect(f"/ws/proctor?{query}", headers=bearer(token))
+        frame = json.loads((await ws.receive()).data)
+        assert frame["code"] == "invalid_message"
+        await ws.receive()
+        assert ws.close_code == Close.PROTOCOL_ERROR
+    p = Proctor(await client.ws_connect(f"/ws/proctor?template={tid}", headers=bearer(token)))
+    await p.recv()
+    for junk in ("not json", json.dumps([1]), json.dumps({"type": "pause"})):
+        await p.ws.send_str(junk)
+        frame = await p.recv()
+        assert frame["type"] == "error" and frame["code"] == "invalid_message"
+    await p.ws.send_str(json.dumps({"type": "ping"}))
+    assert (await p.recv())["type"] == "pong"  # still open and serving
+    await p.ws.close()
+
+
+async def test_a_disabled_user_cannot_start_a_session(client: TestClient[Any, Any]) -> None:
+    tid = await own_template(client)
+    token = await token_for(client, "student")
+    uid = services(client).auth.verify_user(token).user_id
+    await services(client).pool.execute("UPDATE users SET disabled_at = now() WHERE id = $1", uid)
+    r = await client.post("/api/sessions", json={"template_id": tid}, headers=bearer(token))
+    assert (r.status, (await r.json())["error"]) == (403, "forbidden")
