@@ -69,6 +69,17 @@ async def own_template(client: TestClient[Any, Any], **config: Any) -> int:
     ))  # fmt: skip
 
 
+async def watched_exam(client: TestClient[Any, Any], **config: Any) -> tuple[int, str, Student, Proctor]:
+    """An exam of our own, a student connected to it, and an assigned proctor who has the snapshot."""
+    tid = await own_template(client, **config)
+    token = await proctor_token(client, tid)
+    st = await student(client, tid)
+    await st.connect()
+    p = Proctor(await client.ws_connect(f"/ws/proctor?template={tid}", headers=bearer(token)))
+    await p.recv()
+    return tid, token, st, p
+
+
 async def act(client: TestClient[Any, Any], token: str, sid: str, **body: Any) -> Any:
     return await client.post(f"/api/proctor/sessions/{sid}/actions", json=body, headers=bearer(token))
 
@@ -143,12 +154,7 @@ async def test_watch_and_act_on_a_live_exam(client: TestClient[Any, Any]) -> Non
 
 
 async def test_a_gap_in_the_feed_is_detected_and_resynced(client: TestClient[Any, Any]) -> None:
-    tid = await own_template(client)
-    token = await proctor_token(client, tid)
-    st = await student(client, tid)
-    await st.connect()
-    p = Proctor(await client.ws_connect(f"/ws/proctor?template={tid}", headers=bearer(token)))
-    await p.recv()
+    tid, _token, st, p = await watched_exam(client)
     s = services(client)
     await s.redis.incr(s.store.keys.room_seq(tid))  # a message the feed never delivered
     q = st.questions()[0]
@@ -164,12 +170,7 @@ async def test_a_gap_in_the_feed_is_detected_and_resynced(client: TestClient[Any
 
 
 async def test_disconnects_show_and_the_one_click_credit(client: TestClient[Any, Any]) -> None:
-    tid = await own_template(client)
-    token = await proctor_token(client, tid)
-    st = await student(client, tid)
-    await st.connect()
-    p = Proctor(await client.ws_connect(f"/ws/proctor?template={tid}", headers=bearer(token)))
-    await p.recv()
+    _tid, token, st, p = await watched_exam(client)
     assert (await act(client, token, st.sid, action="credit", reason="wifi")).status == 409  # nothing lost yet
     assert st.ws is not None
     await st.ws.close()
