@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sessions import adaptive, irt
 from sessions.anticheat import Level
 from sessions.machine import Ack, Effect, Finished, Refused, SessionState, Status, TimeLeft, Warned
 from sessions.model import MarkingScheme, Question
@@ -39,7 +40,22 @@ def answers_view(state: SessionState) -> dict[str, Any]:
 
 
 def result_of(state: SessionState, questions: Mapping[int, Question], scheme: MarkingScheme) -> Result:
-    return score([questions[q] for q in state.paper.question_ids], state.choices(), scheme)
+    return score([questions[q] for q in adaptive.scored_ids(state)], state.choices(), scheme)
+
+
+def ability_view(state: SessionState) -> dict[str, Any] | None:
+    """An adaptive test's ability estimate (EAP), its standard error and the scaled score; None otherwise."""
+    if state.adaptive is None:
+        return None
+    est = irt.estimate(state.adaptive)
+    return {"theta": round(est.theta, 4), "se": round(est.se, 4), "scaled": est.scaled, "items": est.scored,
+            "pretest_items": est.pretest}  # fmt: skip
+
+
+def item_frame(state: SessionState, question: Question) -> dict[str, Any]:
+    """Adaptive tests: the next item, sent after the acknowledgement of the answer that chose it."""
+    return {"type": "item", "number": len(state.paper.question_ids),
+            "question": question_view(question, state.paper.option_order[question.id])}  # fmt: skip
 
 
 def state_frame(
@@ -66,9 +82,13 @@ def state_frame(
         "violations": state.violations,
         "flagged": state.flagged,
     }
+    if state.adaptive is not None:  # only the items given so far are in `questions`; the last is the current one
+        frame["adaptive"] = {"current": state.adaptive.pending}
     if state.status.finished:
         frame["result"] = result_of(state, questions, scheme).to_json()
         frame["reason"] = state.finish_reason.value if state.finish_reason else None
+        if state.adaptive is not None:
+            frame["ability"] = ability_view(state)
     return frame
 
 
@@ -102,9 +122,12 @@ def effect_frame(effect: Effect, now_ms: int) -> dict[str, Any] | None:
 
 
 def finished_frame(state: SessionState, result: Result) -> dict[str, Any]:
-    return {
+    frame = {
         "type": "finished",
         "status": state.status.value,
         "reason": state.finish_reason.value if state.finish_reason else None,
         "result": result.to_json(),
     }
+    if state.adaptive is not None:
+        frame["ability"] = ability_view(state)
+    return frame

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from server import frames
 from server.auth import SessionClaims, TokenError
 from server.closecodes import Close
 from server.wire import WireError, decode, encode, to_command
+from sessions import adaptive, irt
 from sessions.machine import (
     Ack,
     Activate,
@@ -35,6 +37,7 @@ from sessions.machine import (
     Decision,
     Expire,
     Finished,
+    NextItem,
     Open,
     Refusal,
     Refused,
@@ -56,6 +59,10 @@ log = logging.getLogger(__name__)
 
 
 CLOCK_ACTIONS = frozenset({"pause", "resume", "extend", "credit"})
+
+
+# An adaptive session's item bank, its template's rules, the bank's questions by id, and whether options shuffle.
+AdaptiveContext = tuple[irt.Bank, irt.AdaptiveConfig, Mapping[int, Question], bool]
 
 
 def wall_ms() -> int:
@@ -138,6 +145,7 @@ class StudentConnection:
         self._timer: asyncio.Task[None] | None = None
         self.closing = False
         self.stored: Stored | None = None  # as opened (presence, name); `state` is the live copy
+        self.adaptive: AdaptiveContext | None = None  # adaptive tests: the item bank and the template's rules
         self.ip = ip
 
     def now_ms(self) -> int:
@@ -204,6 +212,8 @@ class StudentConnection:
         self.state = stored.state
         self.s.hub.register(self)
         self.questions = await self.s.catalog.questions(stored.state.paper.question_ids)
+        if stored.state.adaptive is not None and not await self._load_adaptive(stored.state.template_id):
+            return False
         async with self.lock:
             await self._execute(Open(), self.binary)
         if self.closing:
@@ -214,6 +224,19 @@ class StudentConnection:
             await self.close(Close.SESSION_FINISHED, "the attempt is over")
             return False
         self._arm_timer()
+        return True
+
+    async def _load_adaptive(self, template_id: int) -> bool:
+        """The bank and rules an adaptive session moves on with (cached per process by the catalog)."""
+        catalog = self.s.catalog
+        found = await catalog.template(template_id)
+        bank = await catalog.adaptive_bank(found[1]) if found is not None else None
+        rules = found[0].adaptive if found is not None else None
+        if found is None or rules is None or bank is None:
+            self.send(frames.error_frame("adaptive_unavailable", "this adaptive test's template or item bank is gone"))
+            await self.close(Close.SESSION_NOT_FOUND, "adaptive test unavailable")
+            return False
+        self.adaptive = (bank, rules, await catalog.bank_index(found[1]), found[0].rule.shuffle_options)
         return True
 
     def _arm_timer(self) -> None:
@@ -265,6 +288,8 @@ class StudentConnection:
         for attempt in range(2):
             assert self.state is not None
             decision = decide(self.state, command, self.now_ms())
+            if self.adaptive is not None:  # the answer also moves an adaptive test on (sessions/adaptive.py)
+                decision = adaptive.advance(decision, *self.adaptive)
             if decision.write is None:
                 if attempt == 0 and self.state.status is Status.PAUSED and _refused_not_active(decision):
                     await self._reload()  # a lost "resume" notice must not lock the student out
@@ -293,6 +318,12 @@ class StudentConnection:
         self.s.rooms.touch(decision.state.template_id, self.sid)
         now = self.now_ms()
         for effect in decision.effects:
+            if isinstance(effect, NextItem):
+                question = self.adaptive[2][effect.question_id] if self.adaptive else None
+                if question is not None:
+                    self.questions[question.id] = question
+                    self.send(frames.item_frame(decision.state, question), binary)
+                continue
             frame = frames.effect_frame(effect, now)
             if frame is not None:
                 self.send(frame, binary)

@@ -25,6 +25,7 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from sessions.anticheat import Level, judge
+from sessions.irt import AdaptiveState
 from sessions.model import AntiCheatPolicy, CheatKind
 from sessions.paper import Paper
 
@@ -48,6 +49,7 @@ class FinishReason(StrEnum):
     ANTICHEAT = "anticheat"  # the template's anti-cheat policy submitted it
     PROCTOR = "proctor"  # a proctor terminated it
     FORCED = "forced"  # a proctor submitted it
+    COMPLETED = "completed"  # an adaptive test reached its precision (or its maximum length)
 
     @property
     def status(self) -> Status:
@@ -57,6 +59,7 @@ class FinishReason(StrEnum):
             FinishReason.TIMEOUT: Status.EXPIRED,
             FinishReason.PROCTOR: Status.TERMINATED,
             FinishReason.FORCED: Status.SUBMITTED,
+            FinishReason.COMPLETED: Status.SUBMITTED,
         }[self]
 
 
@@ -67,6 +70,7 @@ class Refusal(StrEnum):
     TOO_LATE = "too_late"
     UNKNOWN_QUESTION = "unknown_question"
     INVALID_CHOICE = "invalid_choice"
+    NOT_CURRENT = "not_current"  # adaptive tests: only the item on the screen can be answered
 
 
 # ---- state ---------------------------------------------------------------------------------------------
@@ -111,6 +115,7 @@ class SessionState:
     flagged: bool = False
     finish_reason: FinishReason | None = None
     finished_ms: int | None = None
+    adaptive: AdaptiveState | None = None  # adaptive tests: the ability posterior and the item on the screen
 
     def time_left_ms(self, now_ms: int) -> int:
         if self.status is Status.CREATED:
@@ -256,7 +261,24 @@ class FlagChanged:
     flagged: bool
 
 
-Effect = Ack | Refused | Warned | Finished | TimeLeft | ClockChanged | FlagChanged
+@dataclass(frozen=True, slots=True)
+class NextItem:
+    """Adaptive tests: the item to show next (the paper has just grown by it)."""
+
+    question_id: int
+
+
+Effect = Ack | Refused | Warned | Finished | TimeLeft | ClockChanged | FlagChanged | NextItem
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptiveStep:
+    """What an answer in an adaptive test changes besides the answer, persisted in the same atomic write:
+    the new posterior and pending item, the paper grown by that item, and the end of the test when it stops."""
+
+    adaptive: AdaptiveState
+    paper: Paper
+    finish: FinishReason | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +286,7 @@ class SaveAnswer:
     seq: int
     question_id: int
     answer: SavedAnswer
+    step: AdaptiveStep | None = None  # adaptive tests only (sessions/adaptive.py fills it in)
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +381,14 @@ def _answer(state: SessionState, cmd: Answer, now_ms: int) -> Decision:
     options = state.paper.option_order.get(cmd.question_id)
     if options is None:
         return _refuse(state, cmd.seq, Refusal.UNKNOWN_QUESTION, f"question {cmd.question_id} is not in this paper")
+    if state.adaptive is not None:
+        # An adaptive test moves on with each answer: earlier items are closed, and a skip would let a student
+        # steer around hard items, so the current item takes exactly one answer.
+        if cmd.question_id != state.adaptive.pending:
+            return _refuse(state, cmd.seq, Refusal.NOT_CURRENT,
+                           f"question {cmd.question_id} is not the current item of this adaptive test")  # fmt: skip
+        if cmd.choice is None:
+            return _refuse(state, cmd.seq, Refusal.INVALID_CHOICE, "an adaptive test needs an answer to its item")
     if cmd.choice is not None and cmd.choice not in options:
         return _refuse(
             state, cmd.seq, Refusal.INVALID_CHOICE, f"question {cmd.question_id} has no option {cmd.choice!r}"

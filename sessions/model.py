@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
+from sessions.irt import AdaptiveConfig
+
 
 class Difficulty(StrEnum):
     EASY = "easy"
@@ -134,6 +136,7 @@ class Template:
     policy: AntiCheatPolicy = AntiCheatPolicy()
     grace_ms: int = 5_000  # answers in flight when the clock runs out still count
     disconnect_credit_cap_ms: int = 0  # time lost to dropped connections given back automatically; 0: by a proctor
+    adaptive: AdaptiveConfig | None = None  # an adaptive test (item response theory) instead of a fixed paper
 
     def __post_init__(self) -> None:
         if self.duration_ms < 1_000:

@@ -8,10 +8,12 @@ workflow), so a question cached by id never goes stale; templates and bank membe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
+from sessions import irt
 from sessions.model import Question, Template
-from storage import pg
+from storage import calibration, pg
 
 
 class Catalog:
@@ -20,6 +22,8 @@ class Catalog:
         self._questions: dict[int, Question] = {}
         self._banks: dict[int, tuple[Question, ...]] = {}
         self._templates: dict[int, tuple[Template, int]] = {}
+        self._adaptive: dict[int, irt.Bank | None] = {}
+        self._indexes: dict[int, Mapping[int, Question]] = {}
         self._lock = asyncio.Lock()
 
     async def questions(self, ids: Iterable[int]) -> dict[int, Question]:
@@ -50,7 +54,26 @@ class Catalog:
                 self._templates[template_id] = found
         return found
 
+    async def bank_index(self, bank_id: int) -> Mapping[int, Question]:
+        """The bank's questions by id (adaptive tests pick from the whole bank)."""
+        index = self._indexes.get(bank_id)
+        if index is None:
+            index = MappingProxyType({q.id: q for q in await self.bank(bank_id)})
+            self._indexes[bank_id] = index
+        return index
+
+    async def adaptive_bank(self, bank_id: int) -> irt.Bank | None:
+        """The bank's calibrated items with their precomputed tables (built once per process; `invalidate`
+        after a calibration). None when the bank has no usable item."""
+        if bank_id not in self._adaptive:
+            async with self._lock:
+                if bank_id not in self._adaptive:
+                    self._adaptive[bank_id] = await calibration.adaptive_bank(self._pool, bank_id)
+        return self._adaptive[bank_id]
+
     def invalidate(self) -> None:
+        self._adaptive.clear()
+        self._indexes.clear()
         self._banks.clear()
         self._templates.clear()
         self._questions.clear()

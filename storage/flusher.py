@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from sessions import adaptive, irt
 from sessions.machine import SessionState
 from sessions.model import Question
 from sessions.scoring import mark, score
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 _ATTEMPT_COLUMNS = (
     "session_id", "user_id", "template_id", "status", "reason", "score", "max_score", "min_score",
     "correct", "wrong", "skipped", "violations", "flagged", "started_at", "finished_at",
+    "ability", "ability_se", "scaled_score",
 )  # fmt: skip
 _TOPIC_COLUMNS = ("session_id", "topic", "correct", "wrong", "skipped", "score", "max_score")
 _RESPONSE_COLUMNS = (
@@ -63,6 +65,7 @@ class Rows:
     responses: list[tuple[Any, ...]] = field(default_factory=list)
     events: list[tuple[Any, ...]] = field(default_factory=list)
     audit: list[tuple[Any, ...]] = field(default_factory=list)  # the time ledger, as system audit entries
+    papers: list[tuple[str, Any]] = field(default_factory=list)  # adaptive tests: the paper they ended with
 
 
 def attempt_rows(stored: Stored, questions: dict[int, Question], rows: Rows) -> None:
@@ -70,12 +73,17 @@ def attempt_rows(stored: Stored, questions: dict[int, Question], rows: Rows) -> 
     s: SessionState = stored.state
     uid = s.user_id
     paper = [questions[q] for q in s.paper.question_ids]
-    result = score(paper, s.choices(), stored.scheme)
+    result = score([questions[q] for q in adaptive.scored_ids(s)], s.choices(), stored.scheme)
     assert s.finished_ms is not None and s.finish_reason is not None
+    ability: tuple[Any, ...] = (None, None, None)
+    if s.adaptive is not None:
+        est = irt.estimate(s.adaptive)
+        ability = (est.theta, est.se, est.scaled)
+        rows.papers.append((s.id, s.paper.to_json()))
     rows.attempts.append(
         (s.id, uid, s.template_id, s.status.value, s.finish_reason.value, result.score, result.max_score,
          result.min_score, result.correct, result.wrong, result.skipped, s.violations, s.flagged,
-         pg.ms_to_dt(s.started_ms), pg.ms_to_dt(s.finished_ms))
+         pg.ms_to_dt(s.started_ms), pg.ms_to_dt(s.finished_ms), *ability)
     )  # fmt: skip
     for topic, t in sorted(result.topics.items()):
         rows.topics.append((s.id, topic, t.correct, t.wrong, t.skipped, t.score, t.max_score))
@@ -123,6 +131,8 @@ async def write_rows(conn: Any, rows: Rows) -> list[str]:
                   finish_reason = a.reason
              FROM stage_attempts a WHERE s.id = a.session_id"""
     )
+    if rows.papers:  # idempotent: a replay writes the same paper
+        await conn.executemany("UPDATE test_sessions SET paper = $2 WHERE id = $1", rows.papers)
     if rows.audit:  # a handful per attempt; idempotent by `source`
         await conn.executemany(
             """INSERT INTO audit_log (session_id, template_id, action, params, outcome, source, created_at)

@@ -10,6 +10,7 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
+from sessions.irt import AdaptiveConfig
 from sessions.model import (
     AntiCheatPolicy,
     Difficulty,
@@ -66,6 +67,16 @@ def template_from_config(template_id: int, name: str, cfg: Mapping[str, Any]) ->
     )
     scheme = MarkingScheme(**cfg["scheme"]) if "scheme" in cfg else MarkingScheme()
     policy = AntiCheatPolicy(**cfg["policy"]) if "policy" in cfg else AntiCheatPolicy()
+    adaptive = None
+    if cfg.get("adaptive") is not None:  # the test's length is at most `count` items
+        a = cfg["adaptive"]
+        adaptive = AdaptiveConfig(
+            target_se=float(a.get("target_se", 0.30)),
+            min_items=min(int(a.get("min_items", 5)), rule.count),
+            max_items=rule.count,
+            blueprint={str(k): float(v) for k, v in (a.get("blueprint") or {}).items()},
+            pretest_positions=frozenset(int(p) for p in a.get("pretest_positions", ())),
+        )
     return Template(
         id=template_id,
         name=name,
@@ -75,6 +86,7 @@ def template_from_config(template_id: int, name: str, cfg: Mapping[str, Any]) ->
         policy=policy,
         grace_ms=int(cfg.get("grace_s", 5)) * 1000,
         disconnect_credit_cap_ms=int(cfg.get("disconnect_credit_cap_s", 0)) * 1000,
+        adaptive=adaptive,
     )
 
 
@@ -90,6 +102,14 @@ def template_config(t: Template) -> dict[str, Any]:
         "disconnect_credit_cap_s": t.disconnect_credit_cap_ms // 1000,
         "scheme": {"correct": t.scheme.correct, "wrong": t.scheme.wrong, "skipped": t.scheme.skipped},
         "policy": {"warn_at": t.policy.warn_at, "flag_at": t.policy.flag_at, "submit_at": t.policy.submit_at},
+        "adaptive": None
+        if t.adaptive is None
+        else {
+            "target_se": t.adaptive.target_se,
+            "min_items": t.adaptive.min_items,
+            "blueprint": dict(t.adaptive.blueprint),
+            "pretest_positions": sorted(t.adaptive.pretest_positions),
+        },
     }
 
 
@@ -170,7 +190,7 @@ async def fetch_session(pool: Pool, sid: str) -> asyncpg.Record | None:
     return await pool.fetchrow(
         """SELECT s.id, s.user_id, s.template_id, s.status, s.paper, s.created_at, s.started_at,
                   s.finished_at, s.finish_reason, a.score, a.max_score, a.min_score, a.correct, a.wrong,
-                  a.skipped, a.violations, a.flagged, a.flushed_at
+                  a.skipped, a.violations, a.flagged, a.flushed_at, a.ability, a.ability_se, a.scaled_score
              FROM test_sessions s LEFT JOIN test_attempts a ON a.session_id = s.id
             WHERE s.id = $1""",
         sid,

@@ -14,6 +14,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from sessions import irt
 from sessions.machine import (
     Activate,
     CheatRecord,
@@ -136,10 +137,20 @@ def decode_scheme(raw: str) -> MarkingScheme:
     return MarkingScheme(c, w, s)
 
 
+def _compact(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
 def new_session_fields(
-    sid: str, user_id: str, template: Template, paper: Paper, created_ms: int, name: str = ""
+    sid: str,
+    user_id: str,
+    template: Template,
+    paper: Paper,
+    created_ms: int,
+    name: str = "",
+    adaptive: irt.AdaptiveState | None = None,
 ) -> dict[str, str | int]:
-    return {
+    fields: dict[str, str | int] = {
         "sid": sid,
         "uid": user_id,
         "name": name,
@@ -151,13 +162,16 @@ def new_session_fields(
         "grace_ms": template.grace_ms,
         "violations": 0,
         "flagged": 0,
-        "paper": json.dumps(paper.to_json(), separators=(",", ":")),
+        "paper": _compact(paper.to_json()),
         "policy": encode_policy(template.policy),
         "scheme": encode_scheme(template.scheme),
         "created_ms": created_ms,
         "credit_cap_ms": template.disconnect_credit_cap_ms,
         "credited_ms": 0,
     }
+    if adaptive is not None:
+        fields["adaptive"] = _compact(irt.dump(adaptive))
+    return fields
 
 
 def decode_ledger(raw: Sequence[str]) -> tuple[tuple[int, int, int, int], ...]:
@@ -191,6 +205,7 @@ def decode_session(
         flagged=meta.get("flagged") == "1",
         finish_reason=FinishReason(finish) if finish else None,
         finished_ms=_int_or_none(meta.get("finished_ms")),
+        adaptive=irt.load(json.loads(meta["adaptive"])) if "adaptive" in meta else None,
     )
     presence = Presence(
         name=meta.get("name", ""),
@@ -257,9 +272,16 @@ class RedisSessionStore:
         await self._redis.publish(channel, f"{sid} {json.dumps(notice, separators=(',', ':'))}")
 
     async def create(
-        self, sid: str, user_id: str, template: Template, paper: Paper, created_ms: int, name: str = ""
+        self,
+        sid: str,
+        user_id: str,
+        template: Template,
+        paper: Paper,
+        created_ms: int,
+        name: str = "",
+        adaptive: irt.AdaptiveState | None = None,
     ) -> bool:
-        fields = new_session_fields(sid, user_id, template, paper, created_ms, name)
+        fields = new_session_fields(sid, user_id, template, paper, created_ms, name, adaptive)
         flat: list[str | int] = [self._created_ttl_s]
         for field_name, value in fields.items():
             flat += [field_name, value]
@@ -326,8 +348,11 @@ class RedisSessionStore:
         match write:
             case Activate():
                 head = ["activate", sid, epoch, ""]
-            case SaveAnswer(seq=seq, question_id=qid, answer=answer):
+            case SaveAnswer(seq=seq, question_id=qid, answer=answer, step=step):
                 head = ["answer", sid, epoch, seq, qid, encode_answer(answer)]
+                if step is not None:  # adaptive: the posterior, the grown paper and the end, in the same write
+                    head += [_compact(step.paper.to_json()), _compact(irt.dump(step.adaptive)),
+                             step.finish.value if step.finish else ""]  # fmt: skip
             case RecordCheat(seq=seq, record=record, flag=flag, finish=finish):
                 violation = int(record.kind in VIOLATIONS)
                 head = ["cheat", sid, epoch, seq, encode_cheat(record), violation, int(flag), finish or ""]

@@ -16,8 +16,9 @@ from server.auth import Role, SessionClaims, TokenError, UserClaims
 from server.hub import wall_ms
 from server.routes import api
 from server.services import Services
+from sessions import adaptive, irt
 from sessions.machine import SessionState
-from sessions.model import Question
+from sessions.model import Question, Template
 from sessions.paper import Paper, PaperError, draw_paper
 from sessions.scoring import mark
 from storage import pg
@@ -66,8 +67,9 @@ class StartOut(BaseModel):
     ws_url: str
     status: str
     template: dict[str, Any]
-    questions: int
+    questions: int  # adaptive tests: the most it can have
     duration_s: int
+    adaptive: bool = False
 
 
 @api.post("/api/sessions", body=StartIn, response=StartOut, roles=ANY_USER, status=201)
@@ -84,23 +86,41 @@ async def start_session(ctx: Ctx[StartIn, None]) -> StartOut:
     if name is None:
         fail(403, "forbidden", "this user does not exist or is disabled")
     sid = secrets.token_hex(16)
-    try:
-        paper = draw_paper(await s.catalog.bank(bank_id), template.rule, seed=sid)
-    except PaperError as exc:
-        fail(409, "template_unsatisfiable", str(exc))
+    adaptive_state = None
+    if template.adaptive is not None:
+        paper, adaptive_state = await _first_item(s, bank_id, template, sid)
+    else:
+        try:
+            paper = draw_paper(await s.catalog.bank(bank_id), template.rule, seed=sid)
+        except PaperError as exc:
+            fail(409, "template_unsatisfiable", str(exc))
     ttl = s.settings.created_ttl_s + template.duration_ms // 1000 + s.settings.session_token_slack_s
     token, token_id = s.auth.session_token(sid, user.user_id, ttl)
     await pg.insert_session(s.pool, sid, token_id, user.user_id, template.id, paper)
-    await s.store.create(sid, str(user.user_id), template, paper, wall_ms(), name)
+    await s.store.create(sid, str(user.user_id), template, paper, wall_ms(), name, adaptive_state)
     return StartOut(
         session_id=sid,
         token=token,
         ws_url=ws_url(s, token),
         status="created",
         template={"id": template.id, "name": template.name},
-        questions=len(paper.question_ids),
+        questions=template.rule.count if template.adaptive is not None else len(paper.question_ids),
         duration_s=template.duration_ms // 1000,
+        adaptive=template.adaptive is not None,
     )
+
+
+async def _first_item(s: Services, bank_id: int, template: Template, sid: str) -> tuple[Paper, irt.AdaptiveState]:
+    """An adaptive session starts with one item: the most informative at the prior's mean."""
+    assert template.adaptive is not None
+    bank = await s.catalog.adaptive_bank(bank_id)
+    if bank is None:
+        fail(409, "template_unsatisfiable", "the bank has no calibrated items for an adaptive test")
+    questions = await s.catalog.bank_index(bank_id)
+    try:
+        return adaptive.begin(bank, template.adaptive, questions, sid, template.rule.shuffle_options)
+    except ValueError as exc:
+        fail(409, "template_unsatisfiable", str(exc))
 
 
 @api.get("/api/sessions/{sid}", roles=PUBLIC)
@@ -171,6 +191,9 @@ async def result(ctx: Ctx[None, None]) -> web.Response:
         topics = {t["topic"]: {k: t[k] for k in ("correct", "wrong", "skipped", "score", "max_score")}
                   for t in await pg.fetch_topic_breakdown(s.pool, sid)}  # fmt: skip
         summary = {k: row[k] for k in ("score", "max_score", "min_score", "correct", "wrong", "skipped")}
+        if row["ability"] is not None:
+            summary["ability"] = {"theta": round(row["ability"], 4), "se": round(row["ability_se"], 4),
+                                  "scaled": row["scaled_score"]}  # fmt: skip
         items = [
             _review_item(questions[q], paper.option_order[q], responses[q]["choice"], responses[q]["marks"])
             for q in paper.question_ids
@@ -190,6 +213,8 @@ async def result(ctx: Ctx[None, None]) -> web.Response:
     if stored is None or not stored.state.status.finished:
         fail(409, "not_finished", "the result is available once the attempt has ended")
     st = stored.state
+    paper = st.paper  # an adaptive paper has grown since the start
+    questions = await s.catalog.questions(paper.question_ids)
     res = frames.result_of(st, questions, stored.scheme)
     choices = st.choices()
     items = [
@@ -205,6 +230,7 @@ async def result(ctx: Ctx[None, None]) -> web.Response:
             "reason": st.finish_reason.value if st.finish_reason else None,
             "stored": False,
             **res.to_json(),
+            **({"ability": frames.ability_view(st)} if st.adaptive is not None else {}),
             "questions": items,
         }
     )

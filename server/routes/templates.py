@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from server.api import ADMIN, Ctx, Strict, fail
 from server.routes import api
 from sessions.paper import PaperError, draw_paper
-from storage import pg
+from storage import calibration, pg
 from storage.cache import TEMPLATE_LIST_KEY, TEMPLATES_TAG, Tier, template_key
 
 Slug = Annotated[str, Field(min_length=2, max_length=60, pattern=r"^[a-z0-9][a-z0-9-]*$")]
@@ -35,8 +35,24 @@ class PolicyIn(Strict):
     submit_at: Annotated[int, Field(ge=1, le=1000)] | None = 6
 
 
+class AdaptiveIn(Strict):
+    """An adaptive test (docs/adaptive.md): items chosen one by one by item response theory until the ability's
+    standard error reaches `target_se`, after at least `min_items` and at most the template's `count` items."""
+
+    target_se: Annotated[float, Field(gt=0.05, lt=1)] = 0.30
+    min_items: Annotated[int, Field(ge=1, le=500)] = 5
+    # target shares of the scored items per topic (normalised); empty: no content balancing
+    blueprint: Annotated[dict[Topic, Annotated[float, Field(gt=0, le=1000)]], Field(max_length=100)] = Field(
+        default_factory=dict
+    )
+    # 1-based positions at which an unscored pretest item is seeded (when the bank has one)
+    pretest_positions: Annotated[list[Annotated[int, Field(ge=1, le=500)]], Field(max_length=50)] = Field(
+        default_factory=list
+    )
+
+
 class TemplateConfig(Strict):
-    count: Annotated[int, Field(ge=1, le=500)]
+    count: Annotated[int, Field(ge=1, le=500)]  # adaptive tests: the maximum length
     topics: Annotated[list[Topic], Field(max_length=100, default_factory=list)]
     mix: MixIn = MixIn()
     duration_s: Annotated[int, Field(ge=60, le=24 * 3600)]
@@ -48,6 +64,7 @@ class TemplateConfig(Strict):
     policy: PolicyIn = PolicyIn()
     shuffle_questions: bool = True
     shuffle_options: bool = True
+    adaptive: AdaptiveIn | None = None
 
 
 class TemplateIn(Strict):
@@ -95,6 +112,10 @@ async def _check_satisfiable(
     bank = await pg.fetch_bank_questions(ctx.services.pool, bank_id)
     if not bank and not await ctx.services.pool.fetchval("SELECT 1 FROM question_banks WHERE id = $1", bank_id):
         fail(422, "invalid_body", f"bank_id: no bank {bank_id}")
+    if template.adaptive is not None:
+        if await calibration.adaptive_bank(ctx.services.pool, bank_id) is None:
+            fail(422, "template_unsatisfiable", "the bank has no calibrated items: run `examhub calibrate` first")
+        return
     try:
         draw_paper(bank, template.rule, seed="check")
     except PaperError as exc:

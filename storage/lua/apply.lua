@@ -4,7 +4,8 @@
 -- KEYS[1] meta, KEYS[2] ans, KEYS[3] ev, KEYS[4] due, KEYS[5] outbox
 -- ARGV[1] op: activate | answer | cheat | finish
 -- ARGV[2] sid, ARGV[3] epoch, ARGV[4] seq ('' when the write carries none)
---   answer:   ARGV[5] question id, ARGV[6] encoded answer
+--   answer:   ARGV[5] question id, ARGV[6] encoded answer; adaptive tests add ARGV[7] the grown paper,
+--             ARGV[8] the adaptive state, ARGV[9] '' or the finish reason when the test stops here
 --   cheat:    ARGV[5] encoded event, ARGV[6] violation (0|1), ARGV[7] flag (0|1), ARGV[8] finish reason or ''
 --   finish:   ARGV[5] status, ARGV[6] reason
 -- Returns {'OK', now_ms[, deadline_ms]} | {'DUP', now_ms} | {'FENCED', now_ms}
@@ -35,6 +36,10 @@ end
 
 if op == 'answer' then
   redis.call('HSET', ans, ARGV[5], ARGV[6])
+  if ARGV[7] then
+    redis.call('HSET', meta, 'paper', ARGV[7], 'adaptive', ARGV[8])
+    if ARGV[9] ~= '' then finish(meta, due, outbox, sid, 'submitted', ARGV[9], now) end
+  end
 elseif op == 'cheat' then
   redis.call('RPUSH', ev, ARGV[5])
   if ARGV[6] == '1' then redis.call('HINCRBY', meta, 'violations', 1) end
