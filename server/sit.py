@@ -63,20 +63,37 @@ async def sit(url: str, template: str, name: str, *, auto: bool, binary: bool) -
             student = _Student(ws, binary)
             state = await student.receive()
             seq = state["last_seq"]
-            print(f"{len(state['questions'])} questions, {state['time_left_ms'] // 1000} s on the server's clock")
-            for n, q in enumerate(state["questions"], 1):
-                choice = await _choose(n, q, auto)
+            adaptive = "adaptive" in state  # one item at a time, each chosen from the answers so far; no skips
+            total = f"up to {started['questions']}" if adaptive else str(len(state["questions"]))
+            print(f"{total} questions, {state['time_left_ms'] // 1000} s on the server's clock")
+            queue = state["questions"][-1:] if adaptive else state["questions"]
+            done: dict[str, Any] = {}
+            n = 0
+            while queue and not done:
+                q = queue.pop(0)
+                n += 1
+                choice = await _choose(n, q, auto, skip=not adaptive)
                 seq += 1
                 await student.send({"type": "answer", "seq": seq, "q": q["id"], "choice": choice, "time_ms": 1000})
                 reply = await student.until("ack", seq)
-                if reply["type"] != "ack":
+                if reply["type"] == "finished":
+                    done = reply
+                elif reply["type"] != "ack":
                     print(f"  not saved: {reply.get('message')}")
-                    if reply["type"] == "finished":
-                        break
-            seq += 1
-            await student.send({"type": "submit", "seq": seq})
-            done = await student.until("finished")
+                elif adaptive:
+                    following = await student.until("item")
+                    if following["type"] == "finished":
+                        done = following
+                    else:
+                        queue.append(following["question"])
+            if not done:
+                seq += 1
+                await student.send({"type": "submit", "seq": seq})
+                done = await student.until("finished")
         res = done["result"]
+        if done.get("ability"):
+            a = done["ability"]
+            print(f"\nAbility {a['theta']:+.2f} (SE {a['se']:.2f}), scaled {a['scaled']}, after {a['items']} items")
         print(f"\nSubmitted ({done['reason']}): score {res['score']} / {res['max_score']} "
               f"({res['correct']} right, {res['wrong']} wrong, {res['skipped']} skipped)")  # fmt: skip
         for topic, t in res["topics"].items():
@@ -85,16 +102,16 @@ async def sit(url: str, template: str, name: str, *, auto: bool, binary: bool) -
     return 0
 
 
-async def _choose(n: int, q: dict[str, Any], auto: bool) -> str | None:
+async def _choose(n: int, q: dict[str, Any], auto: bool, skip: bool = True) -> str | None:
     ids: list[str] = [o["id"] for o in q["options"]]
     if auto:
-        return None if random.random() < 0.1 else random.choice(ids)
+        return None if skip and random.random() < 0.1 else random.choice(ids)
     print(f"\nQ{n} [{q['topic']}] {q['text']}")
     for i, o in enumerate(q["options"], 1):
         print(f"   {i}. {o['text']}")
     while True:
-        raw = (await asyncio.to_thread(input, "answer 1-4, or Enter to skip: ")).strip()
-        if not raw:
+        raw = (await asyncio.to_thread(input, "answer 1-4, or Enter to skip: " if skip else "answer 1-4: ")).strip()
+        if not raw and skip:
             return None
         if raw.isdigit() and 1 <= int(raw) <= len(ids):
             return ids[int(raw) - 1]

@@ -11,11 +11,14 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import pytest
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from server.settings import Settings
+from server.sit import sit
 from sessions import irt
+from storage.embedded import free_port
 from tests.server.conftest import ClientFactory, Student, bearer, guest, services, token_for
 
 THETA = 0.6  # the simulated student's true ability
@@ -55,7 +58,9 @@ def template_body(bank_id: int) -> dict[str, Any]:
 
 async def own_client(aiohttp_client: ClientFactory, settings: Settings, own_database_url: str) -> TestClient[Any, Any]:
     # item parameters change what every adaptive test in the database does: this test has a database of its own
-    return await aiohttp_client(create_app(replace(settings, database_url=own_database_url)))
+    port = free_port()  # known before the app, so that the ws_url it hands out is its own
+    app = create_app(replace(settings, database_url=own_database_url, port=port))
+    return await aiohttp_client(app, server_kwargs={"port": port})
 
 
 async def test_an_adaptive_session_over_the_websocket(
@@ -174,3 +179,18 @@ async def test_adaptive_config_is_validated(
     assert r.status == 201
     tpl = await services(client).catalog.template((await r.json())["id"])
     assert tpl is not None and tpl[0].adaptive is not None and tpl[0].adaptive.min_items == 20
+
+
+async def test_examhub_sit_takes_an_adaptive_test(
+    aiohttp_client: ClientFactory, settings: Settings, own_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = await own_client(aiohttp_client, settings, own_database_url)
+    bank_id = await calibrate_by_level(client)
+    body = template_body(bank_id)
+    r = await client.post("/api/templates", json=body, headers=bearer(await token_for(client, "admin")))
+    assert r.status == 201
+    url = str(client.make_url("")).rstrip("/")
+    assert await sit(url, body["slug"], "Bot", auto=True, binary=False) == 0
+    out = capsys.readouterr().out
+    assert "up to 20 questions" in out and "Submitted (completed)" in out and "Ability " in out
+    assert await services(client).pool.fetchval("SELECT count(*) FROM test_sessions") == 1
