@@ -24,6 +24,7 @@ from server.closecodes import Close
 from server.hub import Hub, student_ws
 from server.metrics import Metrics
 from server.proctor import Rooms, listen_control, proctor_ws
+from server.routes import pages
 from server.services import SERVICES, Services
 from server.settings import Durability, Settings
 from storage import pg
@@ -231,6 +232,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
     routes.load().install(app)
+    pages.install(app)  # the browser clients (server/static/), outside the OpenAPI document
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/ws/student", student_ws)
     app.router.add_get("/ws/proctor", proctor_ws)
