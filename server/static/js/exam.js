@@ -4,6 +4,10 @@
 // only after the previous one's reply), so that a refused or lost message can never be overtaken by a later one
 // that the server would accept. A message leaves the outbox on its ack; on a reconnect the `state` frame's
 // last_seq settles everything already stored, and the rest is sent again with the same seq.
+//
+// Adaptive tests (section 18): the `state` frame names the current item; only it takes an answer, once, with a
+// choice; earlier items are shown read-only. The answer's ack is followed by an `item` frame (the next question,
+// appended and shown) or by `finished` with reason "completed" and the ability estimate.
 import { Backoff, api, clock, el, wsUrl } from "./api.js";
 import { Outbox, loadSession, saveSession } from "./store.js";
 
@@ -12,6 +16,7 @@ const sid = location.pathname.split("/")[2];
 const KEYS = "ABCD";
 const TERMINAL = new Set([4000, 4001, 4003, 4004, 4009, 4400, 1002, 1007, 1009]);
 const DROP_CODES = new Set(["unknown_question", "invalid_choice", "malformed", "invalid_message", "unknown_type", "too_late"]);
+const STALE_CODES = new Set(["not_current"]); // adaptive: our idea of the current item was out of date
 const HEARTBEAT_MS = 30000;
 
 // ---- the token: from the link's fragment (then off the address bar), else from an earlier visit ----------------
@@ -31,6 +36,8 @@ const exam = {
   violations: 0,
   spent: {}, // question id -> ms spent on it in this page
   shownAt: performance.now(),
+  adaptive: null, // adaptive tests: the id of the current item (the only one that takes an answer)
+  maxItems: null, // adaptive tests: the most items the test can have (POST /api/sessions' `questions`), if known
 };
 let ws = null;
 let inFlight = null; // the seq sent and not yet answered
@@ -58,9 +65,17 @@ function canAnswer() {
   return exam.status === "active" && !(timer.running && timer.endAt <= performance.now());
 }
 
+/** Whether question `q` takes an answer now: any question of a fixed paper; in an adaptive test only the current
+ * item, and only until its answer is sent (an answer is final: the next item is chosen from it). */
+function answerable(q) {
+  if (!canAnswer()) return false;
+  return exam.adaptive === null || (q === exam.adaptive && !outbox.pendingQuestions().has(q));
+}
+
 function answer(q, choice, marked) {
-  if (!canAnswer()) return;
-  outbox.add({ type: "answer", q, choice, marked, time_ms: spentOn(q) });
+  if (!answerable(q)) return;
+  if (exam.adaptive !== null && choice === null) return; // no skips in an adaptive test
+  outbox.add({ type: "answer", q, choice, marked: exam.adaptive === null ? marked : false, time_ms: spentOn(q) });
   render();
   pump();
 }
@@ -138,7 +153,8 @@ function onFrame(f) {
     case "time": return setTimer(f.time_left_ms, exam.status === "paused");
     case "clock": return onClock(f);
     case "message": return banner(`Message from your proctor: ${f.text}`, "info", true);
-    case "finished": return finish(f.status, f.reason, f.result);
+    case "item": return onItem(f);
+    case "finished": return finish(f.status, f.reason, f.result, f.ability);
     default: return undefined; // unknown frames are ignored (protocol section 7)
   }
 }
@@ -148,11 +164,12 @@ function onState(f) {
   relearn = false;
   exam.questions = f.questions;
   exam.violations = f.violations;
-  if (["submitted", "expired", "terminated"].includes(f.status)) { finish(f.status, f.reason, f.result); return; }
+  if (["submitted", "expired", "terminated"].includes(f.status)) { finish(f.status, f.reason, f.result, f.ability); return; }
   exam.saved = {};
   for (const [q, a] of Object.entries(f.answers)) exam.saved[Number(q)] = { choice: a.choice, marked: a.marked, time_ms: a.time_ms };
   outbox.settle(f.last_seq);
   exam.status = f.status;
+  setAdaptive(f.adaptive ? f.adaptive.current : null);
   setTimer(f.time_left_ms, f.status === "paused");
   setConnection("Connected", "ok");
   $("loading").hidden = true;
@@ -184,7 +201,14 @@ function onError(f) {
     return; // a close follows and says what to do
   }
   if (seq === inFlight) inFlight = null;
-  if (DROP_CODES.has(f.code)) {
+  if (STALE_CODES.has(f.code)) {
+    // A client bug by the protocol (section 18): the message can never be stored. Drop it, and read the current
+    // item again from a fresh `state` before sending anything else.
+    console.error("examhub refused a message", f);
+    relearn = true;
+    settle(seq, false);
+    dropConnection();
+  } else if (DROP_CODES.has(f.code)) {
     console.error("examhub refused a message", f);
     if (f.code !== "too_late") banner(`A change could not be saved (${f.code}). Please choose again.`, "bad");
     settle(seq, false);
@@ -196,6 +220,29 @@ function onError(f) {
     setTimeout(pump, f.retry_after_ms || 1000);
   }
   // unavailable: kept; close 4503 follows and the reconnect resends it. superseded: close 4009 follows.
+}
+
+/** Adaptive tests: the mode, from the `state` frame; on every (re)connect the page shows the current item. */
+function setAdaptive(current) {
+  exam.adaptive = current;
+  for (const e of document.querySelectorAll("[data-adaptive]")) e.hidden = current === null;
+  for (const e of document.querySelectorAll("[data-fixed]")) e.hidden = current !== null;
+  for (const id of ["prev", "mark", "clear"]) $(id).hidden = current !== null;
+  $("adaptive-note").hidden = current === null;
+  $("next").textContent = current === null ? "Next →" : "Back to the current question →";
+  if (current === null) return;
+  exam.maxItems = loadSession(sid)?.questions ?? null;
+  const i = exam.questions.findIndex((q) => q.id === current);
+  if (i >= 0) exam.index = i;
+}
+
+/** Adaptive tests: the next item, chosen from the answer just acknowledged. */
+function onItem(f) {
+  const q = f.question;
+  if (!exam.questions.some((x) => x.id === q.id)) exam.questions.push(q);
+  exam.adaptive = q.id;
+  go(exam.questions.findIndex((x) => x.id === q.id));
+  $("question").focus(); // a screen reader reads the new question; a held key cannot answer it by accident
 }
 
 function onWarning(f) {
@@ -248,14 +295,16 @@ function renderQuestion() {
   if (!q) return;
   const a = answerOf(q.id);
   const pending = outbox.pendingQuestions().has(q.id);
-  $("q-number").textContent = `Question ${exam.index + 1} of ${exam.questions.length}`;
+  $("q-number").textContent = exam.adaptive === null ? `Question ${exam.index + 1} of ${exam.questions.length}` :
+    `Question ${exam.index + 1} (adaptive${exam.maxItems ? `, up to ${exam.maxItems}` : ""})`;
   $("q-topic").textContent = q.topic.replaceAll("-", " ");
   $("q-text").textContent = q.text;
   const status = $("answer-status");
   if (pending) { status.textContent = "Not yet saved"; status.className = "pill warn"; }
+  else if (a && a.choice && exam.adaptive !== null) { status.textContent = "Saved · final"; status.className = "pill ok"; }
   else if (a && a.choice) { status.textContent = "Saved"; status.className = "pill ok"; }
   else { status.textContent = "Not answered"; status.className = "pill"; }
-  const enabled = canAnswer();
+  const enabled = answerable(q.id);
   const focused = document.activeElement?.dataset?.option;
   $("options").replaceChildren(...q.options.map((o, i) => el("button", {
     type: "button", class: "option", role: "radio", "aria-checked": String(a?.choice === o.id), "data-option": o.id,
@@ -269,6 +318,7 @@ function renderQuestion() {
   $("clear").disabled = !enabled || !a?.choice;
   $("prev").disabled = exam.index === 0;
   $("next").disabled = exam.index === exam.questions.length - 1;
+  $("next").hidden = exam.adaptive !== null && q.id === exam.adaptive;
   $("submit").disabled = exam.status !== "active";
 }
 
@@ -276,14 +326,18 @@ function renderNavigator() {
   const pending = outbox.pendingQuestions();
   $("navigator").replaceChildren(...exam.questions.map((q, i) => {
     const a = answerOf(q.id);
-    const classes = [a?.choice ? "answered" : "", a?.marked ? "marked" : "", pending.has(q.id) ? "unsaved" : ""].join(" ");
-    const words = [a?.choice ? "answered" : "unanswered", a?.marked ? "marked for review" : "", pending.has(q.id) ? "not yet saved" : ""];
+    const current = q.id === exam.adaptive;
+    const classes = [a?.choice ? "answered" : "", a?.marked ? "marked" : "", pending.has(q.id) ? "unsaved" : "",
+      current ? "current" : ""].join(" ");
+    const words = [a?.choice ? "answered" : "unanswered", a?.marked ? "marked for review" : "", pending.has(q.id) ? "not yet saved" : "",
+      current ? "current question" : "", exam.adaptive !== null && !current ? "final" : ""];
     return el("li", {}, el("button", { type: "button", class: classes, "aria-current": i === exam.index ? "true" : false,
       "aria-label": `Question ${i + 1}: ${words.filter(Boolean).join(", ")}`, "data-q": q.id, onclick: () => go(i) }, i + 1));
   }));
   const answered = exam.questions.filter((q) => answerOf(q.id)?.choice).length;
   const marked = exam.questions.filter((q) => answerOf(q.id)?.marked).length;
-  $("counts").textContent = `${answered} answered · ${marked} marked · ${exam.questions.length - answered} unanswered`;
+  $("counts").textContent = exam.adaptive === null ? `${answered} answered · ${marked} marked · ${exam.questions.length - answered} unanswered` :
+    `${answered} answered${exam.maxItems ? ` · up to ${exam.maxItems} questions` : ""}`;
 }
 
 function renderSaveStatus() {
@@ -341,7 +395,9 @@ function toggleMark() {
 }
 
 $("prev").addEventListener("click", () => go(exam.index - 1));
-$("next").addEventListener("click", () => go(exam.index + 1));
+$("next").addEventListener("click", () => {
+  go(exam.adaptive === null ? exam.index + 1 : exam.questions.findIndex((q) => q.id === exam.adaptive));
+});
 $("mark").addEventListener("click", toggleMark);
 $("clear").addEventListener("click", () => {
   const q = exam.questions[exam.index];
@@ -353,6 +409,12 @@ $("submit").addEventListener("click", () => {
   const answered = exam.questions.filter((q) => answerOf(q.id)?.choice).length;
   const marked = exam.questions.filter((q) => answerOf(q.id)?.marked).length;
   const pending = outbox.pendingQuestions().size;
+  if (exam.adaptive !== null) {
+    $("confirm-summary").textContent = `You answered ${answered} questions of this adaptive test. It ends by itself when it has ` +
+      `measured your level; submitting now ends it with the answers given so far` + (pending ? ` (${pending} not yet saved, sent first)` : "") + ".";
+    $("confirm").showModal();
+    return;
+  }
   $("confirm-summary").textContent = `You answered ${answered} of ${exam.questions.length} questions` +
     (marked ? `; ${marked} marked for review` : "") + (pending ? `; ${pending} not yet saved (they are sent first)` : "") + ".";
   $("confirm").showModal();
@@ -372,6 +434,10 @@ document.addEventListener("keydown", (e) => {
   const k = e.key.toLowerCase();
   const index = "1234".indexOf(k) >= 0 ? "1234".indexOf(k) : "abcd".indexOf(k);
   if (k.length === 1 && index >= 0) { choose(index); e.preventDefault(); }
+  else if (exam.adaptive !== null) {
+    // no previous, no mark, no skip: N and → only come back to the current item from an earlier one
+    if (k === "arrowright" || k === "n") { go(exam.questions.findIndex((q) => q.id === exam.adaptive)); e.preventDefault(); }
+  }
   else if (k === "arrowright" || k === "n") { go(exam.index + 1); e.preventDefault(); }
   else if (k === "arrowleft" || k === "p") { go(exam.index - 1); e.preventDefault(); }
   else if (k === "m") { toggleMark(); e.preventDefault(); }
@@ -413,9 +479,10 @@ window.addEventListener("online", () => { backoff.reset(); if (!ws && exam.statu
 
 // ---- the end: the score from the `finished` frame, the review over REST ---------------------------------------
 const REASONS = { student: "You submitted the exam.", timeout: "The time ran out.", anticheat: "The exam was submitted after too many violations.",
-  forced: "Your proctor submitted the exam.", proctor: "Your proctor ended the exam." };
+  forced: "Your proctor submitted the exam.", proctor: "Your proctor ended the exam.",
+  completed: "The adaptive test has measured your level precisely enough and ended itself." };
 
-async function finish(status, reason, result) {
+async function finish(status, reason, result, ability) {
   if (exam.status === "finished") return;
   exam.status = "finished";
   outbox.clear(); // whatever is left was not stored (protocol section 13)
@@ -432,10 +499,12 @@ async function finish(status, reason, result) {
   $("save-status").textContent = "Submitted";
   $("result-reason").textContent = REASONS[reason] || `The attempt is ${status}.`;
   if (result) showScore(result);
+  if (ability) showAbility(ability, result);
   $("result").focus();
   try {
     const review = await api("GET", `/api/sessions/${sid}/result`, { token });
     showScore(review);
+    if (review.ability) showAbility({ ...ability, ...review.ability }, review);
     showReview(review.questions);
   } catch (err) {
     $("review-status").textContent = `The review could not be loaded: ${err.message}`;
@@ -448,6 +517,18 @@ function showScore(r) {
   $("result-topics").tBodies[0].replaceChildren(...Object.entries(r.topics).map(([topic, t]) => el("tr", {},
     el("th", { scope: "row" }, topic.replaceAll("-", " ")), el("td", {}, `${t.score} / ${t.max_score}`),
     el("td", {}, t.correct), el("td", {}, t.wrong), el("td", {}, t.skipped))));
+}
+
+/** Adaptive tests: the ability estimate (θ on the standard normal scale, its standard error, the scaled score
+ * 400 + 100·θ clipped to 0..800, docs/adaptive.md). */
+function showAbility(a, r) {
+  $("ability-scaled").textContent = a.scaled;
+  $("ability-theta").textContent = Number(a.theta).toFixed(2);
+  $("ability-se").textContent = `± ${Number(a.se).toFixed(2)}`;
+  // a stored result does not repeat the count; its scored items are the ones it counts right, wrong or skipped
+  const items = a.items ?? (r ? r.correct + r.wrong + r.skipped : null);
+  $("ability-items").textContent = items === null ? "–" : String(items) + (a.pretest_items ? ` (+${a.pretest_items} unscored)` : "");
+  $("result-ability").hidden = false;
 }
 
 function showReview(questions) {

@@ -9,9 +9,15 @@ const error = document.getElementById("start-error");
 async function loadTemplates() {
   try {
     const { templates } = await api("GET", "/api/templates");
-    list.replaceChildren(...templates.map((t, i) => el("label", { class: "row choice-label" },
-      el("input", { type: "radio", name: "template", value: t.id, required: true, checked: i === 0, "data-slug": t.slug }),
-      ` ${t.name} `, el("span", { class: "muted" }, `(${t.questions} questions, ${Math.round(t.duration_s / 60)} min)`))));
+    list.replaceChildren(...templates.map((t, i) => {
+      const adaptive = Boolean(t.config?.adaptive); // docs/adaptive.md: one item at a time, `questions` is the most
+      return el("label", { class: "row choice-label" },
+        el("input", { type: "radio", name: "template", value: t.id, required: true, checked: i === 0, "data-slug": t.slug,
+          "data-adaptive": adaptive ? "true" : false }),
+        ` ${t.name} `, adaptive ? el("span", { class: "pill current", title: "Each question is chosen from your answers so far; " +
+          "answers are final and the test ends when it has measured your level" }, "Adaptive") : null,
+        el("span", { class: "muted" }, `(${adaptive ? "up to " : ""}${t.questions} questions, ${Math.round(t.duration_s / 60)} min)`));
+    }));
     if (!templates.length) list.replaceChildren(el("p", { class: "muted" }, "No tests are open."));
   } catch (err) {
     list.replaceChildren(el("p", { class: "error" }, err.message));
@@ -28,7 +34,8 @@ form.addEventListener("submit", async (e) => {
   try {
     const guest = await api("POST", "/api/auth/guest", { body: { display_name: name } });
     const started = await api("POST", "/api/sessions", { token: guest.token, body: { template_id: Number(chosen.value) } });
-    saveSession(started.session_id, { token: started.token, name: started.template.name });
+    saveSession(started.session_id, { token: started.token, name: started.template.name,
+      ...(started.adaptive ? { adaptive: true, questions: started.questions } : {}) });
     location.assign(`/exam/${started.session_id}#token=${encodeURIComponent(started.token)}`);
   } catch (err) {
     error.textContent = err.message;

@@ -1,7 +1,8 @@
 // What the exam page keeps in localStorage, per session, so that a reload or a crash loses nothing
 // (docs/protocol.md section 13): the session token, the seq counter and the outbox of unsettled messages.
 //
-//   examhub:session:<sid>  {"token": "...", "name": "...", "finished": false}
+//   examhub:session:<sid>  {"token": "...", "name": "...", "finished": false, "adaptive": true, "questions": 20}
+//                          (the last two for adaptive tests only: `questions` is the most items the test can have)
 //   examhub:seq:<sid>      the last seq this browser gave out
 //   examhub:outbox:<sid>   [{"type": "answer", "seq": 7, "q": 12, "choice": "d", "marked": false, "time_ms": 5400}, ...]
 
