@@ -79,7 +79,7 @@ def attempt_rows(stored: Stored, questions: dict[int, Question], rows: Rows) -> 
     if s.adaptive is not None:
         est = irt.estimate(s.adaptive)
         ability = (est.theta, est.se, est.scaled)
-        rows.papers.append((s.id, s.paper.to_json()))
+        rows.papers.append((s.id, {**s.paper.to_json(), "pretest": list(s.adaptive.pretest)}))
     rows.attempts.append(
         (s.id, uid, s.template_id, s.status.value, s.finish_reason.value, result.score, result.max_score,
          result.min_score, result.correct, result.wrong, result.skipped, s.violations, s.flagged,
@@ -87,13 +87,15 @@ def attempt_rows(stored: Stored, questions: dict[int, Question], rows: Rows) -> 
     )  # fmt: skip
     for topic, t in sorted(result.topics.items()):
         rows.topics.append((s.id, topic, t.correct, t.wrong, t.skipped, t.score, t.max_score))
+    pretest = set(s.adaptive.pretest) if s.adaptive is not None else set()
     for position, q in enumerate(paper):
         a = s.answers.get(q.id)
         choice = a.choice if a else None
+        marks = 0 if q.id in pretest else mark(q, choice, stored.scheme)  # a pretest item is unscored
         rows.responses.append(
             (s.id, q.id, uid, position, choice, None if choice is None else choice == q.correct,
-             mark(q, choice, stored.scheme), bool(a and a.marked), a.time_ms if a else 0,
-             a.seq if a else None, pg.ms_to_dt(a.at_ms) if a else None)
+             marks, bool(a and a.marked), a.time_ms if a else 0, a.seq if a else None,
+             pg.ms_to_dt(a.at_ms) if a else None)
         )  # fmt: skip
     for idx, c in enumerate(s.cheats):
         rows.events.append((s.id, idx, c.kind.value, c.seq, pg.ms_to_dt(c.at_ms)))

@@ -165,12 +165,16 @@ def _progress(st: SessionState, now_ms: int) -> dict[str, Any]:
     }
 
 
-def _review_item(q: Question, order: tuple[str, ...], choice: str | None, marks: int) -> dict[str, Any]:
+def _review_item(
+    q: Question, order: tuple[str, ...], choice: str | None, marks: int, pretest: bool = False
+) -> dict[str, Any]:
     view = frames.question_view(q, order)
     view.update(
         {"choice": choice, "correct": q.correct, "is_correct": None if choice is None else choice == q.correct,
          "marks": marks, "explanation": q.explanation}
     )  # fmt: skip
+    if pretest:
+        view["pretest"] = True  # an adaptive test's unscored trial item: not in the score
     return view
 
 
@@ -191,12 +195,16 @@ async def result(ctx: Ctx[None, None]) -> web.Response:
         topics = {t["topic"]: {k: t[k] for k in ("correct", "wrong", "skipped", "score", "max_score")}
                   for t in await pg.fetch_topic_breakdown(s.pool, sid)}  # fmt: skip
         summary = {k: row[k] for k in ("score", "max_score", "min_score", "correct", "wrong", "skipped")}
+        pretest = set(row["paper"].get("pretest", ()))  # adaptive tests' unscored items
         if row["ability"] is not None:
+            scored = row["correct"] + row["wrong"] + row["skipped"]
             summary["ability"] = {"theta": round(row["ability"], 4), "se": round(row["ability_se"], 4),
-                                  "scaled": row["scaled_score"]}  # fmt: skip
+                                  "scaled": row["scaled_score"], "items": scored,
+                                  "pretest_items": len(paper.question_ids) - scored}  # fmt: skip
         items = [
-            _review_item(questions[q], paper.option_order[q], responses[q]["choice"], responses[q]["marks"])
+            _review_item(questions[q], paper.option_order[q], r["choice"], r["marks"], q in pretest)
             for q in paper.question_ids
+            for r in (responses[q],)
         ]
         return web.json_response(
             {
@@ -217,12 +225,11 @@ async def result(ctx: Ctx[None, None]) -> web.Response:
     questions = await s.catalog.questions(paper.question_ids)
     res = frames.result_of(st, questions, stored.scheme)
     choices = st.choices()
-    items = [
-        _review_item(
-            questions[q], paper.option_order[q], choices.get(q), mark(questions[q], choices.get(q), stored.scheme)
-        )
-        for q in paper.question_ids
-    ]
+    pretest = set(st.adaptive.pretest) if st.adaptive is not None else set()
+    items = []
+    for q in paper.question_ids:
+        marks = 0 if q in pretest else mark(questions[q], choices.get(q), stored.scheme)
+        items.append(_review_item(questions[q], paper.option_order[q], choices.get(q), marks, q in pretest))
     return web.json_response(
         {
             "session_id": sid,

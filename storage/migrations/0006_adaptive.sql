@@ -3,4 +3,4 @@
 ALTER TABLE test_attempts
     ADD COLUMN ability      double precision,  -- EAP estimate of theta; NULL for fixed-form tests
     ADD COLUMN ability_se   double precision,  -- its posterior standard deviation
-    ADD COLUMN scaled_score integer;           -- 500 + 100 * theta, clipped to [0, 1000]
+    ADD COLUMN scaled_score integer;           -- 400 + 100 * theta, clipped to [0, 800]

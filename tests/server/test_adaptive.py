@@ -144,6 +144,12 @@ async def test_an_adaptive_session_over_the_websocket(
     assert np.allclose(kept.posterior, expected) and list(kept.items) == [q for q in given if q != pretest]
     assert math.isclose(irt.estimate(kept).theta, ability["theta"], abs_tol=1e-3)
 
+    # the result before the flush (from Redis) and after it (from PostgreSQL) say the same
+    r = await client.get(f"/api/sessions/{student.sid}/result", headers=bearer(student.token))
+    early = await r.json()
+    assert r.status == 200 and not early["stored"] and early["ability"] == ability
+    assert [q["id"] for q in early["questions"] if q.get("pretest")] == [pretest]
+
     # flushed to PostgreSQL exactly once, with every item and the ability
     assert await s.flusher.flush_once() == 1
     assert await s.flusher.flush_once() == 0
@@ -158,7 +164,13 @@ async def test_an_adaptive_session_over_the_websocket(
     r = await client.get(f"/api/sessions/{student.sid}/result", headers=bearer(student.token))
     result = await r.json()
     assert r.status == 200 and result["stored"] and [q["id"] for q in result["questions"]] == given
-    assert result["ability"]["scaled"] == ability["scaled"]
+    assert result["ability"] == {k: ability[k] for k in ("theta", "se", "scaled", "items", "pretest_items")}
+    assert [{k: q[k] for k in ("id", "marks", "choice")} for q in result["questions"]] == [
+        {k: q[k] for k in ("id", "marks", "choice")} for q in early["questions"]]  # fmt: skip
+    review = {q["id"]: q for q in result["questions"]}
+    assert review[pretest]["pretest"] is True and review[pretest]["marks"] == 0
+    assert sum(q["marks"] for q in result["questions"]) == result["score"]  # the pretest item is not scored
+    assert not any(q.get("pretest") for q in result["questions"] if q["id"] != pretest)
 
 
 async def test_adaptive_config_is_validated(
