@@ -22,99 +22,32 @@ import gc
 import json
 import os
 import random
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import msgpack
 from redis.asyncio import Redis
 
-from storage.embedded import EmbeddedRedis, free_port
+from loadtest import driver
+from loadtest.driver import SECRET, admin_token, durable_redis, fresh_database, pct
+from storage.embedded import free_port
 from storage.keys import Keys
 
-SECRET = "bench-secret-" + "b" * 40
-
-
-@contextlib.contextmanager
-def durable_redis() -> Iterator[str]:
-    """Our own redis-server with the settings examhub demands (append-only, fsync always, no eviction)."""
-    folder = Path(tempfile.mkdtemp(prefix="examhub-bench-redis-"))
-    server = EmbeddedRedis(folder, port=free_port())
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+__all__ = ["SECRET", "Stats", "Student", "connect", "durable_redis", "fresh_database", "hub_process", "rss_kb",
+           "start_students"]  # fmt: skip
 
 
 @contextlib.asynccontextmanager
-async def fresh_database(server_url: str) -> AsyncIterator[str]:
-    """A database of this run's own on the given server (dropped afterwards): runs never see each other."""
-    base = server_url.rpartition("/")[0]
-    name = f"examhub_bench_{random.randrange(16**8):08x}"
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"{base}/{name}"
-        finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-@contextlib.asynccontextmanager
-async def hub_process(database_url: str, redis_url: str, prefix: str, port: int) -> AsyncIterator[tuple[str, int]]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "EXAMHUB_PORT": str(port),
-        "EXAMHUB_REDIS_PREFIX": prefix,
-        "EXAMHUB_SECRET": SECRET,
-        "EXAMHUB_REDIS_DURABILITY": "warn",
-        # the driver is one address hammering on purpose: the limits would measure themselves
-        "EXAMHUB_RATE_REST_IP": "off",
-        "EXAMHUB_RATE_REST_USER": "off",
-        "EXAMHUB_RATE_WS_MSGS": "off",
-        "EXAMHUB_DATA_DIR": tempfile.mkdtemp(prefix="examhub-bench-"),
-    }
-    seed = await asyncio.create_subprocess_exec(sys.executable, "-m", "server.cli", "seed", env=env,
-                                                stdout=subprocess.DEVNULL)  # fmt: skip
-    await seed.wait()
-    log = open(Path(env["EXAMHUB_DATA_DIR"]) / "hub.log", "wb")  # noqa: SIM115, ASYNC230 - tiny, closed below
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server.cli", "serve", env=env, stdout=log, stderr=log
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(200):
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(url + "/healthz") as r:
-                        if r.status == 200:
-                            break
-                if proc.returncode is not None:
-                    raise RuntimeError("the hub exited during start-up")
-                await asyncio.sleep(0.1)
-            else:
-                raise RuntimeError("the hub did not start")
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), 15)
-        if proc.returncode is None:
-            proc.kill()
-        log.close()
+async def hub_process(database_url: str, redis_url: str, prefix: str, port: int,
+                      workers: int = 1) -> AsyncIterator[tuple[str, int]]:  # fmt: skip
+    """`examhub serve` seeded and ready (loadtest.driver.hub_process), as (url, pid)."""
+    async with driver.hub_process(database_url, redis_url, prefix, port, workers) as hub:
+        yield hub.url, hub.pid
 
 
 @dataclass
@@ -226,22 +159,8 @@ async def count_lost(redis_url: str, prefix: str, students: list[Student]) -> in
 
 
 def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-async def admin_token(database_url: str) -> str:
-    from server.auth import Auth, Role
-    from storage import users
-
-    conn = await asyncpg.connect(database_url)
-    try:
-        user = await users.create_user(conn, f"bench-admin-{random.randrange(16**8):08x}", None, "bench", role="admin")
-    finally:
-        await conn.close()
-    return Auth(SECRET).user_token(user.id, Role.ADMIN, 3600)
+    """Resident memory of the hub: its process and any worker processes, in KB."""
+    return driver.tree_rss_kb(pid)
 
 
 async def watch(http: aiohttp.ClientSession, url: str, template_id: int, token: str, stats: Stats,
@@ -270,13 +189,6 @@ async def watch(http: aiohttp.ClientSession, url: str, template_id: int, token: 
                         stats.feed_ms.append((now - sent) * 1000)
     finally:
         await ws.close()
-
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

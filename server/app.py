@@ -142,6 +142,7 @@ async def open_services(settings: Settings) -> Services:
             redis, pool, store, scripts, catalog, consumer,
             batch=settings.flush_batch, claim_idle_ms=settings.flush_claim_idle_ms,
             flushed_ttl_s=settings.flushed_ttl_s, observer=metrics, on_committed=invalidate_after_flush(cache, store),
+            crash_point=settings.crash_point,  # test-only (the fault suite)
         )  # fmt: skip
         await flusher.ensure_groups()
     except BaseException:
@@ -153,7 +154,8 @@ async def open_services(settings: Settings) -> Services:
     auth = Auth(settings.secret)
     services = Services(
         settings, auth, pool, redis, writer, store, catalog, flusher, sweeper, Hub(metrics),
-        metrics=metrics, cache=cache, cache_redis=cache_redis, limiter=RedisLimiter(redis, settings.redis_prefix),
+        metrics=metrics, cache=cache, cache_redis=cache_redis,
+        limiter=RedisLimiter(redis, settings.redis_prefix, local_first=True),  # floods refused in process
     )  # fmt: skip
     services.rooms = Rooms(services)
     return services
@@ -175,13 +177,20 @@ async def close_services(services: Services) -> None:
 
 
 _UNLIMITED = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes must always get through
+# A refused request is answered after TARPIT_S (whatever its retry-after: a flooder's is one emission interval,
+# 20 ms at 50/s): a flooder with N requests in flight then gets about N refusals per second instead of as many as
+# the hub can write (a held request costs a timer and a socket), and a client over its limit learns it 1 s later
+# at worst. At most TARPIT_MAX are held at once; beyond that refusals are answered at once (bounded sockets).
+TARPIT_S = 1.0
+TARPIT_MAX = 2000
+_held = [0]  # refusals being held right now, in this process
 
 
 @web.middleware
 async def rate_limit(request: web.Request, handler: api_edge.Handler) -> web.StreamResponse:
     """GCRA per client IP (the student WebSocket handshake included: it is an HTTP GET) and per user (a valid
-    bearer token's subject; an invalid token counts against its IP only). 429 with Retry-After when refused.
-    Fails open when Redis does not answer (storage/ratelimit.py)."""
+    bearer token's subject; an invalid token counts against its IP only). 429 with Retry-After when refused,
+    held back TARPIT_S first. Fails open when Redis does not answer (storage/ratelimit.py)."""
     if request.path in _UNLIMITED:
         return await handler(request)
     services = request.app[SERVICES]
@@ -199,6 +208,12 @@ async def rate_limit(request: web.Request, handler: api_edge.Handler) -> web.Str
     limit, verdict = refused
     services.metrics.refused(limit.scope)
     retry_s = max(1, math.ceil(verdict.retry_after_ms / 1000))
+    if _held[0] < TARPIT_MAX:
+        _held[0] += 1
+        try:
+            await asyncio.sleep(TARPIT_S)
+        finally:
+            _held[0] -= 1
     return web.json_response(
         {"error": "rate_limited", "message": f"too many requests per {limit.scope}; retry in {retry_s} s",
          "retry_after_ms": verdict.retry_after_ms},

@@ -26,6 +26,7 @@ class Close(IntEnum):
 
     SLOW_CONSUMER = 4500  # the client did not read fast enough; its send queue overflowed
     STORAGE_UNAVAILABLE = 4503  # Redis did not answer; the last write may or may not be saved: resume from last_seq
+    RATE_LIMITED = 4529  # kept sending far beyond the message rate limit: reconnect after a backoff, then resume
 
 
 def reconnect(code: int) -> bool:

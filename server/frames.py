@@ -77,7 +77,7 @@ def state_frame(
         "time_left_ms": state.time_left_ms(now_ms),
         "last_seq": state.last_seq,
         "marking": {"correct": scheme.correct, "wrong": scheme.wrong, "skipped": scheme.skipped},
-        "questions": [question_view(questions[q], state.paper.option_order[q]) for q in state.paper.question_ids],
+        "questions": [question_view(questions[q], order) for q, order in state.paper.in_order()],
         "answers": answers_view(state),
         "violations": state.violations,
         "flagged": state.flagged,

@@ -9,7 +9,10 @@ send side is a bounded queue per connection: a client that stops reading is disc
 Each connection has its own message rate limit (settings.rate_ws_msgs), an in-process GCRA bucket
 (storage.ratelimit.LocalBucket): a session has one connection in one process at a time, so the bucket needs
 no Redis round trip. A message over the limit gets an error frame `rate_limited` with `retry_after_ms` and is
-not processed (no ack: the client resends it later); the connection stays open.
+not processed (no ack: the client resends it later); the connection stays open, unless it keeps sending
+regardless: more than settings.max_refused_msgs refusals beyond the rate close it (Close.RATE_LIMITED), so that
+a flood stops costing a decode and an error frame per message. A reconnect to the same process continues the
+session's buckets (Hub.park), so that reconnecting does not buy a fresh burst.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -48,14 +52,17 @@ from sessions.machine import (
 )
 from sessions.model import MarkingScheme, Question
 from storage.errors import StorageUnavailable
-from storage.ratelimit import LocalBucket
+from storage.ratelimit import LocalBucket, Rate
 from storage.session_store import Applied, Opened, Outcome, Stored
 
 if TYPE_CHECKING:
     from server.metrics import Metrics
     from server.services import Services
+    from server.settings import Settings
 
 log = logging.getLogger(__name__)
+
+Buckets = tuple[LocalBucket | None, LocalBucket | None]  # a connection's message bucket and refusal bucket
 
 
 CLOCK_ACTIONS = frozenset({"pause", "resume", "extend", "credit"})
@@ -69,58 +76,87 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def crash_point(services: Services, name: str) -> None:
+    """Test-only crash switch (settings.crash_point, EXAMHUB_CRASH_POINT=NAME[:N]; loadtest/faults): exit at once,
+    as kill -9 would, the Nth time this process reaches `name`. Off in production (one comparison)."""
+    point = services.settings.crash_point
+    if point is None or point[0] != name:
+        return
+    services.hub.crash_count += 1
+    if services.hub.crash_count >= point[1]:
+        log.critical("crash point %s reached (%d): exiting with 137", name, point[1])
+        os._exit(137)
+
+
 def _refused_not_active(decision: Decision) -> bool:
     return any(isinstance(e, Refused) and e.code is Refusal.NOT_ACTIVE for e in decision.effects)
 
 
 class Outbound:
-    """A connection's bounded send queue, drained by its own task."""
+    """A connection's bounded send queue. A pump task drains it while there is something to send, then ends: an
+    idle connection holds no task, no event, no buffer and no reference to the last frame it sent (a state frame
+    of a 180-question paper is ~60 KB); see docs/performance.md, "Memory per connection"."""
+
+    __slots__ = ("_closer", "_limit", "_queue", "_task", "_ws", "overflowed")
 
     def __init__(self, ws: web.WebSocketResponse, limit: int) -> None:
         self._ws = ws
         self._limit = limit
-        self._queue: deque[str | bytes] = deque()
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._queue: deque[str | bytes] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[bool] | None = None
         self.overflowed = False
-        self._task = asyncio.create_task(self._pump())
 
     def put(self, data: str | bytes) -> None:
         if self.overflowed or self._ws.closed:
             return
-        if len(self._queue) >= self._limit:
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        elif len(queue) >= self._limit:
             self.overflowed = True
-            self._queue.clear()
+            queue.clear()
             self._closer = asyncio.create_task(self._ws.close(code=Close.SLOW_CONSUMER, message=b"send queue overflow"))
             return
-        self._queue.append(data)
-        self._idle.clear()
-        self._wake.set()
+        queue.append(data)
+        if self._task is None:
+            self._task = asyncio.create_task(self._pump())
 
     async def _pump(self) -> None:
+        queue = self._queue
         try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while self._queue:
-                    data = self._queue.popleft()
-                    if isinstance(data, str):
-                        await self._ws.send_str(data)
-                    else:
-                        await self._ws.send_bytes(data)
-                self._idle.set()
+            while queue:
+                data = queue.popleft()
+                if isinstance(data, str):
+                    await self._ws.send_str(data)
+                else:
+                    await self._ws.send_bytes(data)
+                del data
         except (ConnectionError, RuntimeError):
-            self._idle.set()  # the socket went away; what is queued can no longer be delivered
+            pass  # the socket went away; what is queued can no longer be delivered
+        finally:
+            self._task = None
+            if self._queue is queue:
+                self._queue = None
 
     async def flush(self, within_s: float = 2.0) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), within_s)
+        """Wait (at most within_s) until everything queued so far is written."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        while (task := self._task) is not None:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            done, _ = await asyncio.wait({task}, timeout=left)
+            if not done:
+                return
 
     async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        task = self._task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 class StudentConnection:
@@ -136,13 +172,12 @@ class StudentConnection:
         self.epoch = 0
         self.state: SessionState | None = None
         self.scheme = MarkingScheme()
-        self.questions: dict[int, Question] = {}
+        self.questions: dict[int, Question] = {}  # empty for a fixed paper once its state frame is out
         self.clock_offset_ms = 0  # Redis' clock minus ours, measured at every write
         self.lock = asyncio.Lock()
         self.bad_frames = 0
-        rate = services.settings.rate_ws_msgs
-        self.bucket = LocalBucket(rate) if rate is not None else None
-        self._timer: asyncio.Task[None] | None = None
+        self.bucket, self.refusals = services.hub.buckets(claims.sid, services.settings)
+        self._timer: asyncio.TimerHandle | asyncio.Task[None] | None = None
         self.closing = False
         self.stored: Stored | None = None  # as opened (presence, name); `state` is the live copy
         self.adaptive: AdaptiveContext | None = None  # adaptive tests: the item bank and the template's rules
@@ -176,8 +211,10 @@ class StudentConnection:
             if self._timer is not None:
                 self._timer.cancel()
             self.s.hub.unregister(self)
+            self.s.hub.park(self.sid, self.bucket, self.refusals)
             await self.out.stop()
-            await self._left()
+            # aiohttp cancels the handler once the peer has gone: marking the student offline must happen anyway
+            await asyncio.shield(self.s.background(self._left()))
 
     async def _left(self) -> None:
         """The student is offline from now, unless a newer connection took over (leave.lua checks the epoch)."""
@@ -220,6 +257,8 @@ class StudentConnection:
             return False
         state = self.state
         self.send(frames.state_frame(state, self.questions, self.scheme, self.now_ms(), self.epoch))
+        if state.adaptive is None:  # the process' catalog keeps a fixed paper's questions: ~9 KB less per connection
+            self.questions = {}
         if state.status.finished:
             await self.close(Close.SESSION_FINISHED, "the attempt is over")
             return False
@@ -246,10 +285,13 @@ class StudentConnection:
         if state is None or state.deadline_ms is None or state.status is not Status.ACTIVE or self.closing:
             return  # paused: the clock stands still until a proctor resumes
         delay_s = max(0.05, (state.deadline_ms + state.grace_ms - self.now_ms()) / 1000 + 0.05)
-        self._timer = asyncio.create_task(self._expire_after(delay_s))
+        # a timer handle until the deadline, a task only once it is due: an idle connection holds no sleeping task
+        self._timer = asyncio.get_running_loop().call_later(delay_s, self._expire_due)
 
-    async def _expire_after(self, delay_s: float) -> None:
-        await asyncio.sleep(delay_s)
+    def _expire_due(self) -> None:
+        self._timer = asyncio.create_task(self._expire())
+
+    async def _expire(self) -> None:
         async with self.lock:
             await self._execute(Expire(), self.binary)
         self._arm_timer()  # our clock estimate may have been behind Redis': look again (no-op once finished)
@@ -275,6 +317,9 @@ class StudentConnection:
                 metrics.refused("ws")
                 frame = frames.error_frame("rate_limited", "too many messages: not processed; resend later", msg.seq)
                 self.send({**frame, "retry_after_ms": verdict.retry_after_ms}, binary)
+                if self.refusals is not None and not self.refusals.check().allowed:
+                    log.warning("session %s: message flood from %s; closing %s", self.sid, self.ip, Close.RATE_LIMITED)
+                    await self.close(Close.RATE_LIMITED, "too many messages beyond the rate limit")
                 return
         await self.handle(to_command(msg), binary, received)
 
@@ -297,11 +342,14 @@ class StudentConnection:
                         return
                     continue
                 break
+            crash_point(self.s, "before_write")
             try:
                 applied = await self.s.store.apply(self.sid, self.epoch, decision.write)
             except StorageUnavailable as exc:
                 await self._unavailable(getattr(decision.write, "seq", None), binary, exc)
                 return
+            if applied.outcome is Outcome.OK:
+                crash_point(self.s, "after_write")
             if applied.now_ms is not None:
                 self.clock_offset_ms = applied.now_ms - wall_ms()
             if applied.outcome is Outcome.NOT_DUE:
@@ -329,6 +377,9 @@ class StudentConnection:
                 self.send(frame, binary)
                 if received is not None and decision.write is not None and isinstance(effect, Ack):
                     self.s.metrics.ack_latency.observe(time.perf_counter() - received)
+                    if self.s.settings.crash_point is not None:
+                        await self.out.flush()  # the ack is on the wire before the crash point is reached
+                        crash_point(self.s, "after_ack")
         if any(isinstance(e, Finished) for e in decision.effects):
             await self._finished()
 
@@ -408,7 +459,8 @@ class StudentConnection:
         assert state is not None
         if self._timer is not None and self._timer is not asyncio.current_task():
             self._timer.cancel()
-        result = frames.result_of(state, self.questions, self.scheme)
+        questions = self.questions or await self.s.catalog.questions(state.paper.question_ids)
+        result = frames.result_of(state, questions, self.scheme)
         self.send(frames.finished_frame(state, result))
         await self.close(Close.SESSION_FINISHED, "the attempt is over")
 
@@ -418,6 +470,10 @@ class Hub:
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         self.connections: dict[str, StudentConnection] = {}
+        # rate buckets of sessions whose connection closed lately (sid -> parked at, message bucket, refusals):
+        # a reconnect continues them, so that reconnecting does not buy a fresh burst (see buckets())
+        self.parked: OrderedDict[str, tuple[float, Buckets]] = OrderedDict()
+        self.crash_count = 0  # times the test-only crash point was reached (crash_point())
         if metrics is not None:
             metrics.watch_connections(lambda: len(self.connections))
 
@@ -431,6 +487,32 @@ class Hub:
     def unregister(self, conn: StudentConnection) -> None:
         if self.connections.get(conn.sid) is conn:
             del self.connections[conn.sid]
+
+    def buckets(self, sid: str, settings: Settings) -> Buckets:
+        """A new connection's message bucket and refusal bucket: its session's parked ones when it closed a
+        connection here lately, else full ones. Refusals beyond the rate drain at that rate too; a client that
+        overruns them is flooding and is closed (Close.RATE_LIMITED). A reconnect to another process starts full."""
+        parked = self.parked.pop(sid, None)
+        if parked is not None:
+            return parked[1]
+        rate = settings.rate_ws_msgs
+        if rate is None:
+            return None, None
+        return LocalBucket(rate), LocalBucket(Rate(rate.count, rate.period_s, settings.max_refused_msgs))
+
+    def park(self, sid: str, bucket: LocalBucket | None, refusals: LocalBucket | None) -> None:
+        """Keep a closed connection's buckets until they would be full again anyway (then a fresh one is the
+        same): bounded by the sessions that disconnected in the last few seconds."""
+        if bucket is None or sid in self.connections:  # no limit, or a newer connection already has its own
+            return
+        now = time.monotonic()
+        self.parked[sid] = (now, (bucket, refusals))
+        self.parked.move_to_end(sid)
+        while self.parked:
+            at, (oldest, _) = next(iter(self.parked.values()))
+            if oldest is not None and now - at <= oldest.refill_s:
+                break
+            self.parked.popitem(last=False)
 
     def on_fence(self, sid: str, epoch: int) -> None:
         conn = self.connections.get(sid)

@@ -376,7 +376,7 @@ async def proctor_ws(request: web.Request) -> web.WebSocketResponse:
             if msg.type is WSMsgType.TEXT:
                 try:
                     body = json.loads(msg.data)
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: '[[[[...' deeper than the stack
                     body = None
                 if isinstance(body, dict) and body.get("type") == "resync":
                     await rooms.resync(tid, [conn])  # this proctor only

@@ -62,6 +62,20 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be a boolean (1/0/true/false), got {raw!r}")
 
 
+CRASH_POINTS = frozenset({"before_write", "after_write", "after_ack", "after_commit"})
+
+
+def _crash_point(raw: str) -> tuple[str, int] | None:
+    """`NAME[:N]` for the fault suite's crash switch; empty: off."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    name, _, count = raw.partition(":")
+    if name not in CRASH_POINTS or not (count or "1").isdigit() or int(count or "1") < 1:
+        raise SettingsError(f"EXAMHUB_CRASH_POINT must be one of {sorted(CRASH_POINTS)}, optionally ':N' (N >= 1)")
+    return name, int(count or "1")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str | None = None  # None: start an embedded PostgreSQL in data_dir
@@ -80,6 +94,9 @@ class Settings:
     send_queue_frames: int = 256
     heartbeat_s: float = 15.0
     max_bad_frames: int = 20
+    # A connection refused more than this many messages beyond its rate (rate_ws_msgs) is closed (4529): a flood
+    # costs the hub a decode and an error frame per message until then. Refusals drain at the message rate.
+    max_refused_msgs: int = 50
     created_ttl_s: int = 24 * 3600  # a started-but-never-opened session is forgotten after this
     flushed_ttl_s: int = 3600  # a finished session stays readable in Redis this long after its flush
     session_token_slack_s: int = 6 * 3600  # a session token outlives the exam's duration by this much
@@ -98,6 +115,9 @@ class Settings:
     cache_enabled: bool = True  # EXAMHUB_CACHE=off: every read from PostgreSQL (for benchmarks)
     cache_warm_ttl_s: int = 3 * 3600  # the tiered cache's warm tier (storage/cache.py); 1 to 6 h
     run_background: bool = True  # flusher and sweeper (tests switch them off to drive them by hand)
+    # Test-only (the fault suite, loadtest/faults): EXAMHUB_CRASH_POINT=NAME[:N] makes the process os._exit(137)
+    # the Nth time (default 1st) it reaches NAME: before_write, after_write, after_ack (hub), after_commit (flusher).
+    crash_point: tuple[str, int] | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -136,6 +156,8 @@ class Settings:
             rate_ws_msgs=_rate(env, "EXAMHUB_RATE_WS_MSGS", WS_MSGS_RATE),
             cache_warm_ttl_s=_int(env, "EXAMHUB_CACHE_WARM_TTL_S", 3 * 3600, 3600, 6 * 3600),
             cache_enabled=_bool(env, "EXAMHUB_CACHE", True),
+            flush_claim_idle_ms=_int(env, "EXAMHUB_FLUSH_CLAIM_IDLE_MS", 30_000, 500, 3_600_000),
+            crash_point=_crash_point(env.get("EXAMHUB_CRASH_POINT", "")),
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -96,6 +96,8 @@ def decode(data: str | bytes) -> AnswerMsg | EventMsg | HeartbeatMsg | SubmitMsg
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError) as exc:
         fmt = "JSON" if isinstance(data, str) else "msgpack"
         raise WireError("malformed", f"the frame is not valid {fmt}: {exc}") from None
+    except RecursionError:  # '[[[[...' nested deeper than the interpreter's stack: 64 KiB of '[' is enough
+        raise WireError("malformed", "the frame is nested too deeply") from None
     if not isinstance(obj, dict):
         raise WireError("invalid_message", "a message must be an object")
     try:

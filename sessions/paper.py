@@ -7,7 +7,8 @@ paper (the seed is the session id) and a test can reproduce any student's paper.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,19 +19,96 @@ class PaperError(ValueError):
     """The bank cannot satisfy the template's rule."""
 
 
+# A hub holds one paper per connected student, 180 questions each in a NEET mock: interned question ids and
+# option orders (4 options have only 24, kept once in _ORDER_TABLE; a paper holds one byte per question) make
+# the papers share their parts instead of each holding ~18 KB of its own ints, tuples and dict
+# (docs/performance.md, "Memory per connection"). Both grow only with the question banks, not with students.
+_IDS: dict[int, int] = {}
+_ORDER_INDEX: dict[tuple[str, ...], int] = {}
+_ORDER_TABLE: list[tuple[str, ...]] = []
+
+
+def _intern_id(q: int) -> int:
+    return _IDS.setdefault(q, q)
+
+
+def _order_index(order: tuple[str, ...]) -> int:
+    index = _ORDER_INDEX.get(order)
+    if index is None:
+        index = _ORDER_INDEX[order] = len(_ORDER_TABLE)
+        _ORDER_TABLE.append(order)
+    return index
+
+
+class OptionOrders(Mapping[int, tuple[str, ...]]):
+    """Question id -> option ids in display order: the paper's ids and, aligned with them, an index per question
+    into the shared order table (bytes while there are at most 256 distinct orders). No per-paper dict: a lookup
+    scans the paper's ids, ~1 us for 180, once per answer."""
+
+    __slots__ = ("_ids", "_orders")
+
+    def __init__(self, ids: tuple[int, ...], orders: bytes | array[int]) -> None:
+        self._ids = ids
+        self._orders = orders
+
+    @classmethod
+    def of(cls, ids: Iterable[int], order: Mapping[int, Sequence[str]]) -> OptionOrders:
+        interned = tuple(_intern_id(q) for q in ids)
+        index = [_order_index(tuple(str(o) for o in order[q])) for q in interned]
+        return cls(interned, bytes(index) if max(index, default=0) < 256 else array("I", index))
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        return self._ids
+
+    @property
+    def orders(self) -> Iterator[tuple[str, ...]]:
+        return map(_ORDER_TABLE.__getitem__, self._orders)
+
+    def __getitem__(self, q: int) -> tuple[str, ...]:
+        try:
+            return _ORDER_TABLE[self._orders[self._ids.index(q)]]
+        except ValueError:
+            raise KeyError(q) from None
+
+    def get(self, q: int, default: Any = None) -> Any:  # the answer path's lookup: no KeyError round trip
+        try:
+            return _ORDER_TABLE[self._orders[self._ids.index(q)]]
+        except ValueError:
+            return default
+
+    def __contains__(self, q: object) -> bool:
+        return q in self._ids
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __repr__(self) -> str:
+        return f"OptionOrders({dict(zip(self._ids, self.orders, strict=True))!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class Paper:
     question_ids: tuple[int, ...]
     option_order: Mapping[int, tuple[str, ...]]  # question id -> option ids in display order
 
     def to_json(self) -> dict[str, object]:
-        return {"q": list(self.question_ids), "o": {str(q): list(self.option_order[q]) for q in self.question_ids}}
+        return {"q": list(self.question_ids), "o": {str(q): list(order) for q, order in self.in_order()}}
+
+    def in_order(self) -> Iterator[tuple[int, tuple[str, ...]]]:
+        """(question id, option order) in the paper's order, without a lookup per question."""
+        orders = self.option_order
+        if isinstance(orders, OptionOrders) and orders.ids == self.question_ids:
+            return zip(self.question_ids, orders.orders, strict=True)  # both as long as the paper
+        return ((q, orders[q]) for q in self.question_ids)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Paper:
-        ids = tuple(int(q) for q in data["q"])
-        order = {int(k): tuple(str(o) for o in v) for k, v in data["o"].items()}
-        return cls(ids, order)
+        orders = OptionOrders.of((int(q) for q in data["q"]), {int(k): v for k, v in data["o"].items()})
+        return cls(orders.ids, orders)
 
 
 def allocate(count: int, mix: Mapping[Difficulty, float]) -> dict[Difficulty, int]:
@@ -73,7 +151,8 @@ def draw_paper(bank: Iterable[Question], rule: PaperRule, seed: str) -> Paper:
         if rule.shuffle_options:
             rng.shuffle(ids)
         order[q.id] = tuple(ids)
-    return Paper(tuple(q.id for q in chosen), order)
+    orders = OptionOrders.of((q.id for q in chosen), order)
+    return Paper(orders.ids, orders)
 
 
 def _spread_over_topics(questions: Sequence[Question], n: int, rng: random.Random) -> list[Question]:

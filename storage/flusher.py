@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -183,6 +184,7 @@ class Flusher:
         idle_sleep_s: float = 0.2,
         observer: FlushObserver | None = None,
         on_committed: OnCommitted | None = None,
+        crash_point: tuple[str, int] | None = None,
     ) -> None:
         self._redis = redis
         self._pool = pool
@@ -199,6 +201,9 @@ class Flusher:
         self.flushed = 0
         self._observer = observer
         self._on_committed = on_committed
+        # test-only (settings.crash_point): exit like kill -9 after the Nth commit, before the acknowledgement
+        self._crash_after = crash_point[1] if crash_point is not None and crash_point[0] == "after_commit" else 0
+        self._commits = 0
 
     async def ensure_groups(self) -> None:
         for p in range(PARTITIONS):
@@ -309,6 +314,10 @@ class Flusher:
             done.append(e)
         async with self._pool.acquire() as conn, conn.transaction():
             await write_rows(conn, rows)
+        self._commits += 1
+        if self._commits == self._crash_after:
+            log.critical("crash point after_commit reached (%d): exiting with 137", self._crash_after)
+            os._exit(137)
         committed_ms = time.time() * 1000
         # Leaderboards after the commit, before the acknowledgement: a crash in between replays the entry,
         # and ZADD GT makes recording a score twice harmless.

@@ -15,14 +15,26 @@ Key                            Type    Owner and lifetime
 
 When Redis does not answer, `RedisLimiter.check` fails OPEN (allows, logs at most every 10 s): availability
 over strictness, and with Redis down the exams stop anyway.
+
+Under a flood (one address opening hundreds of connections at once) two things keep the limiter from becoming
+the attack's amplifier (tests/security/test_floods.py):
+- at most `concurrency` checks wait on Redis at a time; the rest queue in process. Without this bound every
+  request in flight held a pooled Redis connection, the pool (100) ran dry and the *students'* writes failed
+  with "Too many connections" while the limiter, failing open, let the flood through.
+- with `local_first`, each process keeps an in-memory bucket per key with the same rate (bounded LRU) and
+  refuses locally what it alone has already seen too much of, without a Redis round trip. One process sees at
+  most what all see, so a local refusal is one the shared bucket would make too (the local bucket is also
+  charged for the rare request the shared bucket then refuses: a client already over its limit).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -108,6 +120,11 @@ class LocalBucket:
         self._clock = clock  # nanoseconds
         self._tat: int | None = None
 
+    @property
+    def refill_s(self) -> float:
+        """How long an empty bucket takes to be full again."""
+        return self._rate.burst * self._rate.interval_ms / 1000
+
     def check(self) -> Verdict:
         verdict, new_tat = gcra(self._tat, self._clock() // 1000, self._rate)
         if new_tat is not None:
@@ -133,11 +150,36 @@ class Limit:
 class RedisLimiter:
     """Buckets shared by every hub process, in Redis."""
 
-    def __init__(self, redis: AnyRedis, prefix: str) -> None:
+    def __init__(
+        self, redis: AnyRedis, prefix: str, *, concurrency: int = 16, local_first: bool = False,
+        local_keys: int = 10_000,
+    ) -> None:  # fmt: skip
         self._redis = redis
         self._prefix = prefix
         self.script = _script()
         self._warned_at = 0.0
+        self._slots = asyncio.Semaphore(concurrency)  # checks waiting on Redis at once (see the module docstring)
+        self._local: OrderedDict[str, tuple[Rate, LocalBucket]] | None = OrderedDict() if local_first else None
+        self._local_keys = local_keys
+
+    def _local_refusal(self, limits: Sequence[Limit]) -> tuple[Limit, Verdict] | None:
+        """The in-process pre-check (local_first): the first limit this process alone has seen exceeded."""
+        if self._local is None:
+            return None
+        for limit in limits:
+            key = self.key(limit.scope, limit.id)
+            entry = self._local.get(key)
+            if entry is None or entry[0] != limit.rate:
+                entry = (limit.rate, LocalBucket(limit.rate))
+                self._local[key] = entry
+                if len(self._local) > self._local_keys:
+                    self._local.popitem(last=False)  # the least recently seen key
+            else:
+                self._local.move_to_end(key)
+            verdict = entry[1].check()
+            if not verdict.allowed:
+                return limit, verdict
+        return None
 
     def key(self, scope: str, id_: str) -> str:
         return f"{self._prefix}:rl:{scope}:{id_}"
@@ -150,8 +192,12 @@ class RedisLimiter:
 
         if not limits:
             return None
+        local = self._local_refusal(limits)
+        if local is not None:
+            return local
         try:
-            replies = await self._run(limits, reload_allowed=True)
+            async with self._slots:
+                replies = await self._run(limits, reload_allowed=True)
         except (TimeoutError, RedisError, OSError) as exc:
             now = time.monotonic()
             if now - self._warned_at > 10:

@@ -40,6 +40,7 @@ class CoalescingWriter:
         self._pending: list[_Call] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.batches = 0
         self.calls = 0
 
@@ -48,6 +49,10 @@ class CoalescingWriter:
         self._task = asyncio.create_task(self._run(), name="examhub-writer")
 
     async def close(self) -> None:
+        # The flag and the wake-up end the loop even when the cancellation is swallowed: it can be, when it lands
+        # inside redis-py's pipeline execute, and the task then waited on _wake forever (a shutdown that hung).
+        self._closing = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -65,7 +70,7 @@ class CoalescingWriter:
         return future
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:

@@ -1,0 +1,55 @@
+"""Papers as the hub holds them (one per connected student): compact, sharing their parts, and still a plain
+question id -> option order mapping to every caller."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from sessions.model import PaperRule
+from sessions.paper import OptionOrders, Paper, draw_paper
+from tests.sessions.factories import bank
+
+# ids beyond Python's small-int cache, so that sharing an id object is the paper's doing, not the interpreter's
+BANK = [replace(q, id=q.id + 100_000) for q in bank(60)]
+RULE = PaperRule(count=30)
+
+
+def test_json_round_trip_keeps_the_paper() -> None:
+    paper = draw_paper(BANK, RULE, "s1")
+    again = Paper.from_json(json.loads(json.dumps(paper.to_json())))
+    assert again == paper
+    assert dict(again.option_order) == dict(paper.option_order)
+    assert list(again.in_order()) == [(q, paper.option_order[q]) for q in paper.question_ids]
+
+
+def test_papers_share_question_ids_and_option_orders() -> None:
+    one = Paper.from_json(json.loads(json.dumps(draw_paper(BANK, RULE, "s1").to_json())))
+    two = Paper.from_json(json.loads(json.dumps(draw_paper(BANK, RULE, "s2").to_json())))
+    for q in set(one.question_ids) & set(two.question_ids):
+        a = next(x for x in one.question_ids if x == q)
+        b = next(x for x in two.question_ids if x == q)
+        assert a is b  # one int object per question id, whatever the number of papers
+        if one.option_order[q] == two.option_order[q]:
+            assert one.option_order[q] is two.option_order[q]  # one tuple per distinct order
+
+
+def test_option_orders_is_a_mapping() -> None:
+    orders = OptionOrders.of([7, 3, 9], {3: ["b", "a"], 7: ("a", "b"), 9: ("b", "a")})
+    assert list(orders) == [7, 3, 9] and len(orders) == 3
+    assert orders[3] == ("b", "a") and orders.get(9) == ("b", "a") and orders.get(4) is None
+    assert 7 in orders and 4 not in orders
+    with pytest.raises(KeyError):
+        orders[4]
+    assert orders == {7: ("a", "b"), 3: ("b", "a"), 9: ("b", "a")}
+    assert dict(orders) == {7: ("a", "b"), 3: ("b", "a"), 9: ("b", "a")}
+
+
+def test_more_than_256_distinct_orders() -> None:
+    many = {q: (f"x{q}", f"y{q}") for q in range(300)}  # each question its own option ids
+    orders = OptionOrders.of(range(300), many)
+    assert dict(orders) == many
+    paper = Paper(orders.ids, orders)
+    assert Paper.from_json(paper.to_json()) == paper
