@@ -1,0 +1,34 @@
+"""What a load run is asked to do (kept apart from the scenarios, so that `examhub --help` stays quick)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+SCENARIO_NAMES = ("compare", "proctors", "start-storm", "steady", "submit-storm")
+DEFAULT_DATABASE_URL = os.environ.get("EXAMHUB_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+TARGET_P99_MS = 50.0
+
+
+@dataclass
+class Config:
+    students: int = 10_000
+    workers: int = 1
+    rate: float | None = None  # answers/s in total; default: one every 5 s per student
+    duration: float = 30.0
+    warmup: float = 5.0  # steady/proctors: seconds of load before the measured part (not counted)
+    template: str = "neet-mock-180"
+    msgpack: bool = False
+    proctors: int = 0
+    window: float = 20.0  # start storm: students arrive uniformly over this many seconds
+    pipeline: int = 8  # submit storm: answers in flight per student while filling
+    answers: int = 180  # submit storm: answers per attempt
+    storm_timeout: float = 180.0  # submit storm: give up waiting for PostgreSQL after this many seconds
+    rates: list[float] = field(default_factory=lambda: [1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000])
+    step: float = 10.0  # compare: seconds per rate step
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str | None = None
+    redis_fsync: str = "always"  # "everysec" only to show where the time goes: not durable, examhub warns
+    pg_pool: int = 30  # EXAMHUB_PG_POOL_MAX of each hub process (the default 10 caps session starts, see docs)
+    # (PostgreSQL's max_connections, 100 by default, must cover workers x pg_pool plus the baselines' pools)
+    nice: int = 0  # scheduling priority of the run and the servers it starts (negative: ahead of other work)
