@@ -60,6 +60,9 @@ def _tune_gc() -> None:
     gc.set_threshold(100_000, 50, 1000)
 
 
+LISTEN_BACKLOG = 4096  # capped by net.core.somaxconn (4096 on current Linux)
+
+
 async def _serve(settings: Settings, banner: bool, reuse_port: bool = False) -> None:
     from aiohttp import web
 
@@ -70,7 +73,10 @@ async def _serve(settings: Settings, banner: bool, reuse_port: bool = False) -> 
     # No access log by default: one log line per request costs more than the request (EXAMHUB_ACCESS_LOG=1).
     runner = web.AppRunner(app, handle_signals=False, access_log=log if settings.access_log else None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, reuse_port=reuse_port or None)
+    # A start storm is thousands of handshakes at once: the default listen backlog (128) overflows and the
+    # kernel drops SYNs, which clients see as second-long connect timeouts (docs/performance.md, start storm).
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, reuse_port=reuse_port or None,
+                       backlog=LISTEN_BACKLOG)  # fmt: skip
     await site.start()
     _tune_gc()
     stop = asyncio.Event()

@@ -89,12 +89,13 @@ def attempt_rows(stored: Stored, questions: dict[int, Question], rows: Rows) -> 
     for topic, t in sorted(result.topics.items()):
         rows.topics.append((s.id, topic, t.correct, t.wrong, t.skipped, t.score, t.max_score))
     pretest = set(s.adaptive.pretest) if s.adaptive is not None else set()
+    user = uuid.UUID(uid)  # once per attempt, not once per response row (a submit storm writes millions)
     for position, q in enumerate(paper):
         a = s.answers.get(q.id)
         choice = a.choice if a else None
         marks = 0 if q.id in pretest else mark(q, choice, stored.scheme)  # a pretest item is unscored
         rows.responses.append(
-            (s.id, q.id, uid, position, choice, None if choice is None else choice == q.correct,
+            (s.id, q.id, user, position, choice, None if choice is None else choice == q.correct,
              marks, bool(a and a.marked), a.time_ms if a else 0, a.seq if a else None,
              pg.ms_to_dt(a.at_ms) if a else None)
         )  # fmt: skip
@@ -112,8 +113,7 @@ async def write_rows(conn: Any, rows: Rows) -> list[str]:
     """Idempotent bulk write; call inside a transaction. Returns the ids of attempts new in this call, whose
     responses are then added to the students' per-topic progress in the same transaction (exactly once)."""
     attempts = [(r[0], uuid.UUID(r[1]), *r[2:]) for r in rows.attempts]
-    responses = [(r[0], r[1], uuid.UUID(r[2]), *r[3:]) for r in rows.responses]
-    data = {"stage_attempts": attempts, "stage_topics": rows.topics, "stage_responses": responses,
+    data = {"stage_attempts": attempts, "stage_topics": rows.topics, "stage_responses": rows.responses,
             "stage_events": rows.events}  # fmt: skip
     inserted: list[str] = []
     for stage, target, columns in _STAGING:
@@ -296,6 +296,7 @@ class Flusher:
         rows = Rows()
         finished_ms: list[int] = []
         done: list[Entry] = []
+        written: set[str] = set()  # a session whose entry was replayed may appear twice in one pass
         needed = {q for s in stored.values() for q in s.state.paper.question_ids}
         questions = await self._catalog.questions(needed)
         for e in entries:
@@ -308,7 +309,8 @@ class Flusher:
             if any(q not in questions for q in s.state.paper.question_ids):
                 log.error("session %s references unknown questions; leaving it pending", e.sid)
                 continue
-            if e.sid not in {a[0] for a in rows.attempts}:
+            if e.sid not in written:
+                written.add(e.sid)
                 attempt_rows(s, questions, rows)
                 finished_ms.append(s.state.finished_ms or 0)
             done.append(e)
