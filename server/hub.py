@@ -342,13 +342,15 @@ class StudentConnection:
                         return
                     continue
                 break
-            crash_point(self.s, "before_write")
+            student_write = received is not None  # a student's message, not the hub's own (activate, expire)
+            if student_write:
+                crash_point(self.s, "before_write")
             try:
                 applied = await self.s.store.apply(self.sid, self.epoch, decision.write)
             except StorageUnavailable as exc:
                 await self._unavailable(getattr(decision.write, "seq", None), binary, exc)
                 return
-            if applied.outcome is Outcome.OK:
+            if applied.outcome is Outcome.OK and student_write:
                 crash_point(self.s, "after_write")
             if applied.now_ms is not None:
                 self.clock_offset_ms = applied.now_ms - wall_ms()

@@ -116,7 +116,8 @@ class Settings:
     cache_warm_ttl_s: int = 3 * 3600  # the tiered cache's warm tier (storage/cache.py); 1 to 6 h
     run_background: bool = True  # flusher and sweeper (tests switch them off to drive them by hand)
     # Test-only (the fault suite, loadtest/faults): EXAMHUB_CRASH_POINT=NAME[:N] makes the process os._exit(137)
-    # the Nth time (default 1st) it reaches NAME: before_write, after_write, after_ack (hub), after_commit (flusher).
+    # the Nth time (default 1st) it reaches NAME: before_write, after_write, after_ack (of a student's message, in
+    # server/hub.py), after_commit (storage/flusher.py).
     crash_point: tuple[str, int] | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
