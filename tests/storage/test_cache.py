@@ -133,8 +133,10 @@ async def test_concurrent_misses_call_the_loader_once(cache: TieredCache, metric
         return {"v": 42}
 
     waiters = [asyncio.create_task(cache.get_or_load(Tier.WARM, "sf", load)) for _ in range(20)]
-    while counter(metrics, "misses", "warm") < 20:  # every one of them has missed and waits (no fixed sleep:
-        await asyncio.sleep(0.01)  # a loaded machine may take longer to get all 20 that far)
+    for _ in range(1000):  # until every one of them has missed and waits (a loaded machine may take a while)
+        if counter(metrics, "misses", "warm") == 20:
+            break
+        await asyncio.sleep(0.01)
     gate.set()
     assert await asyncio.gather(*waiters) == [{"v": 42}] * 20
     assert calls == 1
