@@ -12,6 +12,7 @@ import socket
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -231,6 +232,10 @@ def create_app(settings: Settings) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         services = await open_services(settings)
         app[SERVICES] = services
+        try:
+            log.info("catalog warmed: %d questions", await services.catalog.warm())
+        except (OSError, asyncpg.PostgresError) as exc:  # serving cold is slower, not wrong
+            log.warning("catalog not warmed: %s", exc)
         if settings.run_background:
             services.background(services.flusher.run())
             services.background(services.sweeper.run())

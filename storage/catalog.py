@@ -54,6 +54,16 @@ class Catalog:
                 self._templates[template_id] = found
         return found
 
+    async def warm(self) -> int:
+        """Load the questions of every active template's bank; returns how many are cached. A restarted hub
+        takes over a herd of reconnecting students at once: without this, each of the first connections loads
+        its paper's questions from PostgreSQL while the others wait (docs/reliability.md, hub kills)."""
+        for (bank_id,) in await self._pool.fetch(
+            "SELECT DISTINCT bank_id FROM test_templates WHERE status = 'active'"
+        ):
+            await self.bank(bank_id)
+        return len(self._questions)
+
     async def bank_index(self, bank_id: int) -> Mapping[int, Question]:
         """The bank's questions by id (adaptive tests pick from the whole bank)."""
         index = self._indexes.get(bank_id)
