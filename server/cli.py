@@ -104,10 +104,12 @@ async def _template_lines(services: object) -> str:
 _BANNER = """
 Take a test
 -----------
+In a browser: {url}/   (proctors: {url}/proctor, sign in as admin / {admin} or a proctor)
+
 Templates:
 {templates}
 
-Sit one in this terminal (another shell; add --auto to let a bot answer):
+Or sit one in this terminal (another shell; add --auto to let a bot answer):
     .venv/bin/examhub sit --url {url} --template biology-quick-10
 
 Or by hand with curl and any WebSocket client:

@@ -31,6 +31,9 @@ def test_demo_with_embedded_services_serves_a_whole_exam(tmp_path: Path) -> None
         text = log.read_text()
         assert "starting an embedded PostgreSQL and Redis" in text
         assert "240 questions" in text and "biology-quick-10" in text
+        assert f"In a browser: http://127.0.0.1:{port}/" in text
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:  # the page it points to
+            assert page.status == 200 and page.headers.get_content_type() == "text/html"
         sit = subprocess.run(
             [sys.executable, "-m", "server.cli", "sit", "--url", f"http://127.0.0.1:{port}", "--auto"],
             env=env, capture_output=True, text=True, timeout=60, check=False,
