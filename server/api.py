@@ -13,8 +13,10 @@ storage is unreachable; 500 only for our own bugs (logged).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -61,6 +63,28 @@ class ApiError(web.HTTPException):
         super().__init__(
             text=json.dumps({"error": code, "message": message}), content_type="application/json", headers=headers
         )
+
+
+# A refused request is answered after TARPIT_S (whatever its retry-after: a flooder's is one emission interval,
+# 20 ms at 50/s): a flooder with N requests in flight then gets about N refusals per second instead of as many as
+# the hub can write (a held request costs a timer and a socket), and a client over its limit learns it 1 s later
+# at worst. At most TARPIT_MAX are held at once; beyond that refusals are answered at once (bounded sockets).
+TARPIT_S = 1.0
+TARPIT_MAX = 2000
+_held = [0]  # refusals being held right now, in this process
+
+
+async def too_many(message: str, retry_after_ms: int) -> web.Response:
+    """429 with Retry-After and a JSON body, held back TARPIT_S first (rate limits, repeated refused handshakes)."""
+    if _held[0] < TARPIT_MAX:
+        _held[0] += 1
+        try:
+            await asyncio.sleep(TARPIT_S)
+        finally:
+            _held[0] -= 1
+    retry_s = max(1, math.ceil(retry_after_ms / 1000))
+    return web.json_response({"error": "rate_limited", "message": message, "retry_after_ms": retry_after_ms},
+                             status=429, headers={"Retry-After": str(retry_s)})  # fmt: skip
 
 
 def fail(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> NoReturn:

@@ -178,15 +178,6 @@ async def close_services(services: Services) -> None:
 
 
 _UNLIMITED = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes must always get through
-# A refused request is answered after TARPIT_S (whatever its retry-after: a flooder's is one emission interval,
-# 20 ms at 50/s): a flooder with N requests in flight then gets about N refusals per second instead of as many as
-# the hub can write (a held request costs a timer and a socket), and a client over its limit learns it 1 s later
-# at worst. At most TARPIT_MAX are held at once; beyond that refusals are answered at once (bounded sockets).
-TARPIT_S = 1.0
-TARPIT_MAX = 2000
-_held = [0]  # refusals being held right now, in this process
-
-
 @web.middleware
 async def rate_limit(request: web.Request, handler: api_edge.Handler) -> web.StreamResponse:
     """GCRA per client IP (the student WebSocket handshake included: it is an HTTP GET) and per user (a valid
@@ -209,17 +200,7 @@ async def rate_limit(request: web.Request, handler: api_edge.Handler) -> web.Str
     limit, verdict = refused
     services.metrics.refused(limit.scope)
     retry_s = max(1, math.ceil(verdict.retry_after_ms / 1000))
-    if _held[0] < TARPIT_MAX:
-        _held[0] += 1
-        try:
-            await asyncio.sleep(TARPIT_S)
-        finally:
-            _held[0] -= 1
-    return web.json_response(
-        {"error": "rate_limited", "message": f"too many requests per {limit.scope}; retry in {retry_s} s",
-         "retry_after_ms": verdict.retry_after_ms},
-        status=429, headers={"Retry-After": str(retry_s)},
-    )  # fmt: skip
+    return await api_edge.too_many(f"too many requests per {limit.scope}; retry in {retry_s} s", verdict.retry_after_ms)
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from server import frames
+from server.api import too_many
 from server.auth import SessionClaims, TokenError
 from server.closecodes import Close
 from server.wire import WireError, decode, encode, to_command
@@ -70,6 +71,12 @@ CLOCK_ACTIONS = frozenset({"pause", "resume", "extend", "credit"})
 
 # An adaptive session's item bank, its template's rules, the bank's questions by id, and whether options shuffle.
 AdaptiveContext = tuple[irt.Bank, irt.AdaptiveConfig, Mapping[int, Question], bool]
+
+
+# Refused handshakes (bad token, foreign Origin) one address may have answered with a close code, per process;
+# beyond them it gets HTTP 429 before the upgrade (Hub.auth_failure). Generous for a browser retrying an old link.
+AUTH_FAILURES = Rate(10, 1.0, 50)
+AUTH_FAILURE_ADDRESSES = 10_000
 
 
 def wall_ms() -> int:
@@ -476,6 +483,8 @@ class Hub:
         # a reconnect continues them, so that reconnecting does not buy a fresh burst (see buckets())
         self.parked: OrderedDict[str, tuple[float, Buckets]] = OrderedDict()
         self.crash_count = 0  # times the test-only crash point was reached (crash_point())
+        # refused handshakes per address (bad token or Origin): see auth_failure()
+        self.failures: OrderedDict[str, LocalBucket] = OrderedDict()
         if metrics is not None:
             metrics.watch_connections(lambda: len(self.connections))
 
@@ -501,6 +510,21 @@ class Hub:
         if rate is None:
             return None, None
         return LocalBucket(rate), LocalBucket(Rate(rate.count, rate.period_s, settings.max_refused_msgs))
+
+    def auth_failure(self, address: str) -> bool:
+        """Count a handshake refused for its token or Origin; False once the address has had too many lately.
+
+        A refused handshake is answered after the upgrade, with a close code (4001, 4003) that a browser can read;
+        an upgrade costs far more than an HTTP reply, so an address that keeps failing (a flood of junk tokens)
+        gets a plain 429 before the upgrade instead. Only failures count: a school behind one NAT address with
+        valid tokens is never held back by this. Per process; the oldest addresses are forgotten past a bound."""
+        bucket = self.failures.get(address)
+        if bucket is None:
+            bucket = self.failures[address] = LocalBucket(AUTH_FAILURES)
+            while len(self.failures) > AUTH_FAILURE_ADDRESSES:
+                self.failures.popitem(last=False)
+        self.failures.move_to_end(address)
+        return bucket.check().allowed
 
     def park(self, sid: str, bucket: LocalBucket | None, refusals: LocalBucket | None) -> None:
         """Keep a closed connection's buckets until they would be full again anyway (then a fresh one is the
@@ -549,7 +573,7 @@ def _token(request: web.Request) -> str | None:
     return request.query.get("token")
 
 
-async def student_ws(request: web.Request) -> web.WebSocketResponse:
+async def student_ws(request: web.Request) -> web.StreamResponse:
     from server.services import SERVICES
 
     services = request.app[SERVICES]
@@ -559,24 +583,33 @@ async def student_ws(request: web.Request) -> web.WebSocketResponse:
         max_msg_size=settings.max_message_bytes,
         heartbeat=settings.heartbeat_s,
     )
-    await ws.prepare(request)
     binary = request.query.get("format", "json") == "msgpack"
 
-    async def refuse(code: Close, err: str, message: str) -> web.WebSocketResponse:
+    async def refuse(code: Close, err: str, message: str) -> web.StreamResponse:
+        if not services.hub.auth_failure(request.remote or ""):
+            return await too_many("too many refused handshakes from this address; retry later", 1000)
+        await ws.prepare(request)
         data = encode(frames.error_frame(err, message), binary)
         await (ws.send_bytes(data) if isinstance(data, bytes) else ws.send_str(data))
         await ws.close(code=code, message=message.encode()[:120])
         return ws
 
-    if not _origin_allowed(request, services):
-        return await refuse(Close.FORBIDDEN_ORIGIN, "forbidden_origin", "this origin may not open exam sessions")
+    # The checks that need no storage come before the upgrade, so that a refusal can be cheap (refuse()).
+    claims: SessionClaims | None = None
+    problem: tuple[Close, str, str] | None = None
     token = _token(request)
-    if not token:
-        return await refuse(Close.UNAUTHORIZED, "unauthorized", "a session token is required")
-    try:
-        claims = services.auth.verify_session(token)
-    except TokenError as exc:
-        return await refuse(Close.UNAUTHORIZED, "unauthorized", str(exc))
+    if not _origin_allowed(request, services):
+        problem = (Close.FORBIDDEN_ORIGIN, "forbidden_origin", "this origin may not open exam sessions")
+    elif not token:
+        problem = (Close.UNAUTHORIZED, "unauthorized", "a session token is required")
+    else:
+        try:
+            claims = services.auth.verify_session(token)
+        except TokenError as exc:
+            problem = (Close.UNAUTHORIZED, "unauthorized", str(exc))
+    if problem is not None or claims is None:
+        return await refuse(*(problem or (Close.UNAUTHORIZED, "unauthorized", "invalid token")))
+    await ws.prepare(request)
 
     conn = StudentConnection(services, ws, claims, binary, request.remote or "")
     try:

@@ -18,7 +18,8 @@ import aiohttp
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from server.app import TARPIT_S, create_app
+from server.api import TARPIT_S
+from server.app import create_app
 from server.closecodes import Close
 from server.settings import Settings
 from storage.embedded import free_port
@@ -152,3 +153,28 @@ async def test_the_limiter_refuses_a_flood_in_process_without_asking_redis() -> 
         assert [await shared_only.check([limit]) for _ in range(5)] == [None] * 5  # fails open every time
     finally:
         await dead.aclose()
+
+
+async def test_an_address_that_keeps_failing_handshakes_gets_429_before_the_upgrade(
+    aiohttp_client: ClientFactory, settings: Settings
+) -> None:
+    """Refused handshakes (junk token) are answered after the upgrade with close 4001, which a browser can read,
+    until the address has had AUTH_FAILURES.burst of them; then a plain 429 JSON before any upgrade, which costs
+    the hub far less. A valid token from the same address still gets in: only failures count."""
+    from server.hub import AUTH_FAILURES
+
+    client = await aiohttp_client(create_app(settings.with_(rate_rest_ip=None, rate_rest_user=None)))
+    tid = await template_id(services(client).pool, "biology-quick-10")
+    calm = await student(client, tid)
+    closes = 0
+    for i in range(AUTH_FAILURES.burst):
+        ws = await client.ws_connect(f"/ws/student?token=junk-{i}")
+        await ws.receive(timeout=5)  # the error frame
+        assert (await ws.receive(timeout=5)).type is aiohttp.WSMsgType.CLOSE and ws.close_code == Close.UNAUTHORIZED
+        closes += 1
+    r = await client.get("/ws/student?token=junk-more", headers={"Upgrade": "websocket", "Connection": "Upgrade",
+                         "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})  # fmt: skip
+    assert r.status == 429 and (await r.json())["error"] == "rate_limited" and r.headers["Retry-After"]
+    assert closes == AUTH_FAILURES.burst
+    state = await calm.connect()  # same address, valid token
+    assert state["type"] == "state"
