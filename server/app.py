@@ -17,6 +17,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
 from server import api as api_edge
 from server import routes
@@ -33,13 +34,13 @@ from storage.analytics import ScoreEntry
 from storage.cache import TieredCache, flushed_tags
 from storage.catalog import Catalog
 from storage.durability import redis_problems
-from storage.errors import UnsafeRedisConfig
+from storage.errors import StorageUnavailable, UnsafeRedisConfig
 from storage.flusher import Flusher, OnCommitted
 from storage.keys import Keys
 from storage.migrate import migrate
 from storage.ratelimit import Limit, RedisLimiter
 from storage.scripts import AnyRedis, Scripts
-from storage.session_store import RedisSessionStore
+from storage.session_store import LEASE_RENEW_S, RedisSessionStore
 from storage.sweeper import Sweeper
 from storage.writer import CoalescingWriter
 
@@ -127,9 +128,11 @@ async def open_services(settings: Settings) -> Services:
         keys = Keys(settings.redis_prefix)
         writer = CoalescingWriter(redis, scripts)
         await writer.start()
-        store = RedisSessionStore(redis, writer, scripts, keys, settings.created_ttl_s)
-        catalog = Catalog(pool)
+        # this process' name: its flusher's consumer name and its lease (storage/lua/lease.lua)
         consumer = f"{socket.gethostname()}-{os.getpid()}-{id(writer) & 0xFFFF:04x}"
+        store = RedisSessionStore(redis, writer, scripts, keys, settings.created_ttl_s, host=consumer)
+        await store.renew_lease()  # alive before the first connection can name this process
+        catalog = Catalog(pool)
         sweeper = Sweeper(redis, store, settings.sweep_interval_s)
         cache_redis = connect_redis(settings, decode=False)
         cache = TieredCache(
@@ -203,6 +206,18 @@ async def rate_limit(request: web.Request, handler: api_edge.Handler) -> web.Str
     return await api_edge.too_many(f"too many requests per {limit.scope}; retry in {retry_s} s", verdict.retry_after_ms)
 
 
+async def _renew_lease(services: Services) -> None:
+    """Every LEASE_RENEW_S: this process is alive. A process that stops renewing (killed) is taken for dead after
+    LEASE_TTL_MS, and its students' next connections are recorded as dropped ones (ledger, credit), not as second
+    devices; the proctor sees them offline."""
+    while True:
+        await asyncio.sleep(LEASE_RENEW_S)
+        try:
+            await services.store.renew_lease()
+        except (RedisError, OSError, StorageUnavailable) as exc:
+            log.warning("lease not renewed: %s", exc)
+
+
 async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -221,6 +236,7 @@ def create_app(settings: Settings) -> web.Application:
             services.background(services.flusher.run())
             services.background(services.sweeper.run())
         services.background(listen_control(services))
+        services.background(_renew_lease(services))
         services.background(services.rooms.run_publisher())
         services.background(services.rooms.run_subscriber())
         yield

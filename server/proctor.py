@@ -39,12 +39,14 @@ AUDIENCE_TTL_S = 0.5  # how long a room's subscriber count is trusted before ask
 SNAPSHOT_CHUNK = 50  # sessions decoded between two returns to the event loop while reading a snapshot
 
 
-def row_of(stored: Stored, now_ms: int) -> dict[str, Any]:
+def row_of(stored: Stored, now_ms: int, live_hosts: frozenset[str] | None = None) -> dict[str, Any]:
+    """A session's row for the proctor; `live_hosts`: the hub processes alive (a killed one's students are
+    shown offline although no connection told Redis they left)."""
     p = stored.presence
     return summary(
         stored.state,
         now_ms,
-        online=p.online,
+        online=p.online and (live_hosts is None or not p.host or p.host in live_hosts),
         display_name=p.name,
         ip_changes=p.ip_changes,
         offline_ms=p.uncredited_ms(now_ms),
@@ -156,6 +158,7 @@ class Rooms:
         local = self.s.hub.connections
         remote = [sid for sids in dirty.values() for sid in sids if sid not in local]
         loaded = await self.s.store.load_many(remote)
+        live = await self.s.store.live_hosts() if loaded else None
         calls = []
         for template_id, sids in dirty.items():
             rows = []
@@ -166,7 +169,7 @@ class Rooms:
                     rows.append(summary(conn.state, now, online=True, display_name=p.name, ip_changes=p.ip_changes,
                                         offline_ms=p.uncredited_ms(now)))  # fmt: skip
                 elif sid in loaded:
-                    rows.append(row_of(loaded[sid], now))
+                    rows.append(row_of(loaded[sid], now, live))
             if rows:
                 payload = json.dumps({"sessions": rows, "at_ms": now}, separators=(",", ":"))
                 script = self.s.store.scripts.publish
@@ -207,7 +210,8 @@ class Rooms:
         if gone:
             await self.s.store.forget_members(gone)
         now = wall_ms()
-        rows = [row_of(loaded[sid], now) for sid in sorted(loaded)]
+        live = await self.s.store.live_hosts()
+        rows = [row_of(loaded[sid], now, live) for sid in sorted(loaded)]
         return {"type": "snapshot", "template": template_id, "seq": seq, "server_time_ms": now, "sessions": rows,
                 "alerts": alerts(rows)}  # fmt: skip
 

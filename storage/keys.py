@@ -16,6 +16,10 @@ Key                          Type    Owner and lifetime
                                      removed when its session finishes.
 <prefix>:{pNN}:outbox        stream  finished sessions waiting for PostgreSQL; owned by the flusher: an
                                      entry is deleted right after the commit that stored it.
+<prefix>:{pNN}:hosts         hash    hub process id -> its last lease renewal (ms, Redis clock), in every
+                                     partition so that open.lua can read it in its own slot; owned by the hub
+                                     processes: each renews its field every few seconds, and any renewal deletes
+                                     fields silent for an hour (lease.lua).
 <prefix>:fence               channel pub/sub: "<sid> <epoch>" when a newer connection takes a session over.
 <prefix>:{pNN}:ctl           channel pub/sub: "<sid> <json>" a proctor changed the session (every hub process
                                      listens to all partitions and acts for the sessions it holds).
@@ -81,6 +85,9 @@ class Keys:
 
     def outbox(self, partition: int) -> str:
         return f"{self._part(partition)}:outbox"
+
+    def hosts(self, partition: int) -> str:
+        return f"{self._part(partition)}:hosts"
 
     @property
     def fence_channel(self) -> str:

@@ -30,7 +30,7 @@ def _load(name: str) -> Script:
     return Script(name, _read("_lib.lua") + "\n" + _read(f"{name}.lua"))
 
 
-_NAMES = ("create", "open", "apply", "expire", "flushed", "leave", "control", "publish")
+_NAMES = ("create", "open", "apply", "expire", "flushed", "leave", "control", "publish", "lease")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,7 @@ class Scripts:
     leave: Script
     control: Script
     publish: Script
+    lease: Script
 
     @classmethod
     def load(cls) -> Scripts:

@@ -7,7 +7,9 @@ atomic with the change.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -60,7 +62,8 @@ class Presence:
     """What the proctor needs beyond the exam state: is the student connected, and the time ledger."""
 
     name: str = ""  # the student's display name, for the proctor's grid
-    online: bool = False
+    online: bool = False  # as stored: a crashed process' students stay "online" until its lease runs out
+    host: str = ""  # the hub process that holds (or last held) the connection
     offline_since_ms: int | None = None
     offline_total_ms: int = 0  # every return after a drop, added up
     credited_ms: int = 0  # given back automatically (template policy)
@@ -210,6 +213,7 @@ def decode_session(
     presence = Presence(
         name=meta.get("name", ""),
         online=meta.get("online") == "1",
+        host=meta.get("host", ""),
         offline_since_ms=_int_or_none(meta.get("offline_since_ms")),
         offline_total_ms=int(meta.get("offline_total_ms", 0)),
         credited_ms=int(meta.get("credited_ms", 0)),
@@ -252,15 +256,47 @@ _PROCTOR_FINISHES = (FinishReason.PROCTOR, FinishReason.FORCED)
 # ---- the store -----------------------------------------------------------------------------------------
 
 
+# A hub process renews its lease every LEASE_RENEW_S; one not renewed for LEASE_TTL_MS is taken for dead (its
+# students' connections were cut without a word: open.lua records them as dropped, not as a second device).
+LEASE_RENEW_S = 5.0
+LEASE_TTL_MS = 15_000
+LEASE_FORGET_MS = 3_600_000  # a dead process' field is deleted after an hour
+
+
 class RedisSessionStore:
     def __init__(
-        self, redis: AnyRedis, writer: CoalescingWriter, scripts: Scripts, keys: Keys, created_ttl_s: int
+        self,
+        redis: AnyRedis,
+        writer: CoalescingWriter,
+        scripts: Scripts,
+        keys: Keys,
+        created_ttl_s: int,
+        host: str = "",
     ) -> None:
         self._redis = redis
         self._writer = writer
         self._scripts = scripts
         self.keys = keys
         self._created_ttl_s = created_ttl_s
+        self.host = host  # this process' id for leases ('' : no lease tracking, as in storage-only tests)
+        self._live: tuple[float, frozenset[str]] = (0.0, frozenset())
+
+    async def renew_lease(self) -> None:
+        """This process is alive: renew its lease in every partition (one pipelined script call each)."""
+        calls = [self._writer.call(self._scripts.lease, [self.keys.hosts(p)], [self.host, LEASE_FORGET_MS])
+                 for p in range(PARTITIONS)]  # fmt: skip
+        await asyncio.gather(*calls)
+
+    async def live_hosts(self, max_age_s: float = 1.0) -> frozenset[str]:
+        """The hub processes whose lease holds (every process renews every partition; partition 0 tells)."""
+        at, hosts = self._live
+        if time.monotonic() - at > max_age_s:
+            raw = await self._redis.hgetall(self.keys.hosts(0))
+            seconds, micros = await self._redis.time()  # leases are on Redis' clock
+            now = int(seconds) * 1000 + int(micros) // 1000
+            hosts = frozenset(str(h) for h, seen in raw.items() if now - int(seen) <= LEASE_TTL_MS)
+            self._live = (time.monotonic(), hosts)
+        return hosts
 
     @property
     def scripts(self) -> Scripts:
@@ -308,7 +344,8 @@ class RedisSessionStore:
 
         Returns Outcome.NO_SESSION or Outcome.FORBIDDEN (not the owner; nothing changed) otherwise."""
         k = self.keys.session(sid)
-        raw = await self._writer.call(self._scripts.open, [k.meta, k.ans, k.ev, k.due, k.ledger], [user_id, ip])
+        keys = [k.meta, k.ans, k.ev, k.due, k.ledger, self.keys.hosts(partition_of(sid))]
+        raw = await self._writer.call(self._scripts.open, keys, [user_id, ip, self.host, LEASE_TTL_MS])
         if raw[0] != "OK":
             return Outcome(raw[0])
         stored = decode_session(_pairs(raw[3]), _pairs(raw[4]), raw[5])

@@ -1,19 +1,30 @@
 -- A connection takes the session over: bump the fencing epoch, mark the student online, credit the time
 -- the connection was down when the template says so, and return the whole state.
--- KEYS[1] meta, KEYS[2] ans, KEYS[3] ev, KEYS[4] due, KEYS[5] ledger
+-- KEYS[1] meta, KEYS[2] ans, KEYS[3] ev, KEYS[4] due, KEYS[5] ledger, KEYS[6] the partition's hosts hash
 -- ARGV[1] the user id the connection's token names (only the owner may take the session over)
 -- ARGV[2] the client's IP address ('' when unknown)
+-- ARGV[3] this hub process' id ('' : no lease tracking), ARGV[4] how long a process' lease lasts (ms)
 -- Returns {'OK', now_ms, epoch, meta (flat field/value list), answers (flat), events (list)}
 --      or {'NO_SESSION'} or {'FORBIDDEN'} (nothing is changed then).
-local meta, ans, ev, due, ledger = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local meta, ans, ev, due, ledger, hosts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local owner = redis.call('HGET', meta, 'uid')
 if not owner then return {'NO_SESSION'} end
 if owner ~= ARGV[1] then return {'FORBIDDEN'} end
 local now = now_ms()
 local epoch = redis.call('HINCRBY', meta, 'epoch', 1)
 local m = redis.call('HMGET', meta, 'status', 'offline_since_ms', 'deadline_ms', 'credit_cap_ms', 'credited_ms', 'ip',
-                    'sid', 'offline_total_ms', 'online')
+                    'sid', 'offline_total_ms', 'online', 'host')
 local status, since = m[1], tonumber(m[2])
+local online = m[9] == '1'
+if online and ARGV[3] ~= '' and m[10] then
+  local seen = tonumber(redis.call('HGET', hosts, m[10]))
+  if not seen or now - seen > tonumber(ARGV[4]) then
+    -- the process that held the connection is gone (killed, crashed) and never said the student left: the
+    -- student has been offline since its last sign of life; not a second device
+    online = false
+    since = since or seen or now
+  end
+end
 if since and status == 'active' then
   -- the time ledger: how long the student was away, and what was credited for it (time away while the
   -- clock stood still is not lost; a session paused now is credited by the proctor's resume instead)
@@ -33,12 +44,13 @@ if since and status == 'active' then
   redis.call('HINCRBY', meta, 'offline_total_ms', gap)
   redis.call('RPUSH', ledger, since .. '|' .. now .. '|' .. gap .. '|' .. credit)
 end
-if m[9] == '1' and (status == 'active' or status == 'paused') then
+if online and (status == 'active' or status == 'paused') then
   -- taken over while the previous connection still held the session: a second device (or a drop the
   -- server has not noticed yet). Recorded for the proctor's risk score; not a policy violation.
   redis.call('RPUSH', ev, 'second_device|' .. now .. '|0')
 end
 redis.call('HSET', meta, 'online', 1)
+if ARGV[3] ~= '' then redis.call('HSET', meta, 'host', ARGV[3]) end
 redis.call('HDEL', meta, 'offline_since_ms')
 if ARGV[2] ~= '' then
   if m[6] and m[6] ~= ARGV[2] then redis.call('HINCRBY', meta, 'ip_changes', 1) end

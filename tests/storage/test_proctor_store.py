@@ -125,3 +125,63 @@ async def test_a_takeover_while_online_is_recorded_as_a_second_device(store: Red
     third = await store.open(SID, "u1", "10.0.0.9")  # a normal return after leaving: nothing new
     assert isinstance(third, Opened) and len(third.stored.state.cheats) == 1
     assert epoch < second.stored.epoch < third.stored.epoch
+
+
+def hub_store(store: RedisSessionStore, host: str) -> RedisSessionStore:
+    """Another hub process on the same Redis, with its own lease."""
+    return RedisSessionStore(store._redis, store._writer, store.scripts, store.keys, 3600, host=host)
+
+
+async def test_a_killed_process_connections_count_as_dropped_not_as_a_second_device(
+    store: RedisSessionStore, redis: Redis
+) -> None:
+    from server.proctor import row_of
+    from sessions.model import CheatKind
+    from storage.keys import partition_of
+    from storage.session_store import LEASE_TTL_MS
+
+    a, b = hub_store(store, "hub-a"), hub_store(store, "hub-b")
+    await a.renew_lease()
+    await b.renew_lease()
+    await a.create(SID, "u1", template(), fresh().paper, 0)
+    first = await a.open(SID, "u1", "10.0.0.1")
+    assert isinstance(first, Opened)
+    await a.apply(SID, first.stored.epoch, Activate())
+    assert await a.live_hosts(max_age_s=0) == {"hub-a", "hub-b"}
+
+    # hub-a is killed: its lease stops; 20 s later (past LEASE_TTL_MS) it looks like this
+    seconds, micros = await redis.time()
+    last_seen = int(seconds) * 1000 + int(micros) // 1000 - LEASE_TTL_MS - 5_000
+    await redis.hset(store.keys.hosts(partition_of(SID)), "hub-a", last_seen)
+    await redis.hset(store.keys.hosts(0), "hub-a", last_seen)
+    assert await b.live_hosts(max_age_s=0) == {"hub-b"}
+    stale = await b.load(SID)
+    assert stale is not None and stale.presence.online  # Redis still says online: nobody told it otherwise
+    assert row_of(stale, 0, await b.live_hosts())["online"] is False  # the proctor sees the truth
+    assert row_of(stale, 0)["online"] is True  # (without the lease check it would not)
+
+    back = await b.open(SID, "u1", "10.0.0.1")  # the student resumes on hub-b
+    assert isinstance(back, Opened)
+    assert CheatKind.SECOND_DEVICE not in [c.kind for c in back.stored.state.cheats]
+    after = await b.load(SID)
+    assert after is not None
+    ((since, returned, gap, _),) = after.ledger  # the drop is in the time ledger, from hub-a's last lease
+    assert since == last_seen and gap == returned - last_seen >= LEASE_TTL_MS
+    assert back.stored.presence.host == "hub-b" and back.stored.presence.online
+
+
+async def test_a_takeover_from_a_live_process_is_still_a_second_device(store: RedisSessionStore) -> None:
+    from sessions.model import CheatKind
+
+    a, b = hub_store(store, "hub-a"), hub_store(store, "hub-b")
+    await a.renew_lease()
+    await b.renew_lease()
+    await a.create(SID, "u1", template(), fresh().paper, 0)
+    first = await a.open(SID, "u1", "10.0.0.1")
+    assert isinstance(first, Opened)
+    await a.apply(SID, first.stored.epoch, Activate())
+    second = await b.open(SID, "u1", "10.0.0.2")  # hub-a is alive and its connection never left
+    assert isinstance(second, Opened)
+    assert [c.kind for c in second.stored.state.cheats] == [CheatKind.SECOND_DEVICE]
+    after = await b.load(SID)
+    assert after is not None and after.ledger == ()
