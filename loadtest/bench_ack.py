@@ -31,12 +31,10 @@ from typing import Any
 
 import aiohttp
 import msgpack
-from redis.asyncio import Redis
 
 from loadtest import driver
-from loadtest.driver import SECRET, admin_token, durable_redis, fresh_database, pct
+from loadtest.driver import SECRET, admin_token, count_lost, durable_redis, fresh_database, pct
 from storage.embedded import free_port
-from storage.keys import Keys
 
 __all__ = ["SECRET", "Stats", "Student", "connect", "durable_redis", "fresh_database", "hub_process", "rss_kb",
            "start_students"]  # fmt: skip
@@ -137,25 +135,6 @@ async def drive(st: Student, rate_each: float, until: float, stats: Stats, binar
         else:
             stats.errors += 1
         due += interval
-
-
-async def count_lost(redis_url: str, prefix: str, students: list[Student]) -> int:
-    redis = Redis.from_url(redis_url, decode_responses=True)
-    keys = Keys(prefix)
-    lost = 0
-    try:
-        for chunk in range(0, len(students), 500):
-            group = students[chunk : chunk + 500]
-            pipe = redis.pipeline(transaction=False)
-            for st in group:
-                pipe.hgetall(keys.session(st.sid).ans)
-            for st, saved in zip(group, await pipe.execute(), strict=True):
-                for q, choice in st.acked.items():
-                    if saved.get(str(q), "").split("|")[0] != choice:
-                        lost += 1
-    finally:
-        await redis.aclose()
-    return lost
 
 
 def rss_kb(pid: int) -> int:

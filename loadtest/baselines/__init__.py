@@ -3,3 +3,36 @@
 - `ceiling`: the fastest anything on examhub's stack can be (aiohttp WebSocket, coalesced Redis pipeline, ack).
 - `http_pg`: the usual alternative, an HTTP POST per answer written straight to PostgreSQL.
 """
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import signal
+
+from aiohttp import web
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def serve_until_signal(app: web.Application, port: int, banner: str) -> None:
+    """Serve on 127.0.0.1:port until SIGINT or SIGTERM, with the garbage collector tuned as the hub tunes it
+    (server/cli.py: the cyclic collector is the tail at scale); the caller closes its own clients after."""
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(banner, flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import re
-import signal
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +31,8 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+
+from loadtest.baselines import serve_until_signal
 
 STUDENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 CHOICE = re.compile(r"^[A-Za-z0-9]{1,8}$")
@@ -188,10 +188,6 @@ def _error(seq: int | None, code: str, message: str) -> str:
     return json.dumps({"type": "error", "seq": seq, "code": code, "message": message})
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
-
-
 async def serve(port: int, redis_url: str, prefix: str, ttl_s: int) -> None:
     redis = Redis.from_url(redis_url)
     await redis.ping()
@@ -199,23 +195,10 @@ async def serve(port: int, redis_url: str, prefix: str, ttl_s: int) -> None:
     ceiling.writer.start()
     app = web.Application()
     app.router.add_get("/ws", ceiling.ws)
-    app.router.add_get("/healthz", healthz)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    gc.collect()  # as server/cli.py does: the cyclic collector is the tail at scale
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 1000)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"ceiling: serving on http://127.0.0.1:{port}/ws", flush=True)
+    app.on_shutdown.append(lambda _: ceiling.close_all())  # before the runner waits for the handlers
     try:
-        await stop.wait()
+        await serve_until_signal(app, port, f"ceiling: serving on http://127.0.0.1:{port}/ws")
     finally:
-        await ceiling.close_all()
-        await runner.cleanup()
         await ceiling.writer.close()
         await redis.aclose()
 

@@ -18,16 +18,15 @@ durable (synchronous_commit stays on), as examhub's acks are (Redis appendfsync 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
 import json
 import re
-import signal
 import sys
 from typing import Any
 
 import asyncpg
 from aiohttp import web
+
+from loadtest.baselines import serve_until_signal
 
 STUDENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 CHOICE = re.compile(r"^[A-Za-z0-9]{1,8}$")
@@ -97,10 +96,6 @@ async def answer(request: web.Request) -> web.Response:
     return web.json_response({"ack": seq})
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
-
-
 async def serve(port: int, database_url: str, pool_size: int) -> None:
     pool = await asyncpg.create_pool(database_url, min_size=pool_size, max_size=pool_size)
     async with pool.acquire() as conn:
@@ -108,22 +103,9 @@ async def serve(port: int, database_url: str, pool_size: int) -> None:
     app = web.Application(client_max_size=4096)  # an answer is under 200 bytes
     app[POOL] = pool
     app.router.add_post("/answer", answer)
-    app.router.add_get("/healthz", healthz)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    gc.collect()  # as server/cli.py does
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 1000)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"http_pg: serving on http://127.0.0.1:{port}/answer", flush=True)
     try:
-        await stop.wait()
+        await serve_until_signal(app, port, f"http_pg: serving on http://127.0.0.1:{port}/answer")
     finally:
-        await runner.cleanup()
         await pool.close()
 
 
