@@ -116,7 +116,7 @@ class Rooms:
     def __init__(self, services: Services, window_s: float = 0.1) -> None:
         self.s = services
         self.window_s = window_s
-        self.dirty: dict[int, set[str]] = {}
+        self.dirty: dict[int, dict[str, float]] = {}  # room -> session -> when it last changed (monotonic)
         self.watchers: dict[int, set[ProctorConnection]] = {}
         self.last_seq: dict[int, int] = {}
         self._subscriptions: asyncio.Queue[tuple[str, str, asyncio.Future[None] | None]] = asyncio.Queue()
@@ -128,7 +128,7 @@ class Rooms:
     # ---- publishing ------------------------------------------------------------------------------------
 
     def touch(self, template_id: int, sid: str) -> None:
-        self.dirty.setdefault(template_id, set()).add(sid)
+        self.dirty.setdefault(template_id, {})[sid] = time.monotonic()
 
     async def _audiences(self, template_ids: list[int]) -> dict[int, int]:
         """How many subscribers each room's feed has, cluster-wide (PUBSUB NUMSUB), cached for AUDIENCE_TTL_S."""
@@ -148,6 +148,16 @@ class Rooms:
         # Rooms nobody watches (on any process) cost nothing: their sessions stay dirty, and are published as
         # soon as a proctor subscribes (a new proctor's snapshot covers them; these updates top it up).
         audience = await self._audiences(list(self.dirty))
+        for t in [t for t in self.dirty if audience[t] == 0]:
+            # Nobody watched when Redis was asked, so a proctor who subscribes later reads a snapshot after every
+            # change made before that question: those changes can go (else they pile up for ever, one per
+            # session, in a room nobody watches). Later ones wait for the next answer about the audience.
+            asked = self._audience[t][0]
+            kept = {sid: at for sid, at in self.dirty[t].items() if at >= asked}
+            if kept:
+                self.dirty[t] = kept
+            else:
+                del self.dirty[t]
         dirty = {t: sids for t, sids in self.dirty.items() if audience[t] > 0}
         if not dirty:
             return 0
