@@ -132,6 +132,18 @@ def hub_store(store: RedisSessionStore, host: str) -> RedisSessionStore:
     return RedisSessionStore(store._redis, store._writer, store.scripts, store.keys, 3600, host=host)
 
 
+async def two_hubs_with_an_active_session(store: RedisSessionStore) -> tuple[RedisSessionStore, RedisSessionStore]:
+    """hub-a and hub-b, both with a live lease; the student's connection is on hub-a."""
+    a, b = hub_store(store, "hub-a"), hub_store(store, "hub-b")
+    await a.renew_lease()
+    await b.renew_lease()
+    await a.create(SID, "u1", template(), fresh().paper, 0)
+    first = await a.open(SID, "u1", "10.0.0.1")
+    assert isinstance(first, Opened)
+    await a.apply(SID, first.stored.epoch, Activate())
+    return a, b
+
+
 async def test_a_killed_process_connections_count_as_dropped_not_as_a_second_device(
     store: RedisSessionStore, redis: Redis
 ) -> None:
@@ -140,13 +152,7 @@ async def test_a_killed_process_connections_count_as_dropped_not_as_a_second_dev
     from storage.keys import partition_of
     from storage.session_store import LEASE_TTL_MS
 
-    a, b = hub_store(store, "hub-a"), hub_store(store, "hub-b")
-    await a.renew_lease()
-    await b.renew_lease()
-    await a.create(SID, "u1", template(), fresh().paper, 0)
-    first = await a.open(SID, "u1", "10.0.0.1")
-    assert isinstance(first, Opened)
-    await a.apply(SID, first.stored.epoch, Activate())
+    a, b = await two_hubs_with_an_active_session(store)
     assert await a.live_hosts(max_age_s=0) == {"hub-a", "hub-b"}
 
     # hub-a is killed: its lease stops; 20 s later (past LEASE_TTL_MS) it looks like this
@@ -173,13 +179,7 @@ async def test_a_killed_process_connections_count_as_dropped_not_as_a_second_dev
 async def test_a_takeover_from_a_live_process_is_still_a_second_device(store: RedisSessionStore) -> None:
     from sessions.model import CheatKind
 
-    a, b = hub_store(store, "hub-a"), hub_store(store, "hub-b")
-    await a.renew_lease()
-    await b.renew_lease()
-    await a.create(SID, "u1", template(), fresh().paper, 0)
-    first = await a.open(SID, "u1", "10.0.0.1")
-    assert isinstance(first, Opened)
-    await a.apply(SID, first.stored.epoch, Activate())
+    _, b = await two_hubs_with_an_active_session(store)
     second = await b.open(SID, "u1", "10.0.0.2")  # hub-a is alive and its connection never left
     assert isinstance(second, Opened)
     assert [c.kind for c in second.stored.state.cheats] == [CheatKind.SECOND_DEVICE]
