@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import aiohttp
 import asyncpg
 import msgpack
+import orjson
 from redis.asyncio import Redis
 
 from storage.embedded import EmbeddedRedis, free_port
@@ -311,7 +312,7 @@ class Student:
         return state
 
     def _decode(self, data: str | bytes) -> dict[str, Any]:
-        out: dict[str, Any] = msgpack.unpackb(data) if isinstance(data, bytes) else json.loads(data)
+        out: dict[str, Any] = msgpack.unpackb(data) if isinstance(data, bytes) else orjson.loads(data)
         return out
 
     async def _read(self) -> None:
@@ -543,7 +544,7 @@ class CeilingTarget:
                 break
             fut = self.waiting[i]
             if fut is not None and not fut.done():
-                fut.set_result(json.loads(msg.data))
+                fut.set_result(orjson.loads(msg.data))
         fut = self.waiting[i]
         if fut is not None and not fut.done():
             fut.set_exception(ConnectionError("ceiling connection closed"))

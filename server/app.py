@@ -41,6 +41,7 @@ from storage.migrate import migrate
 from storage.ratelimit import Limit, RedisLimiter
 from storage.scripts import AnyRedis, Scripts
 from storage.session_store import LEASE_RENEW_S, RedisSessionStore
+from storage.starts import SessionStarts
 from storage.sweeper import Sweeper
 from storage.writer import CoalescingWriter
 
@@ -160,6 +161,7 @@ async def open_services(settings: Settings) -> Services:
         settings, auth, pool, redis, writer, store, catalog, flusher, sweeper, Hub(metrics),
         metrics=metrics, cache=cache, cache_redis=cache_redis,
         limiter=RedisLimiter(redis, settings.redis_prefix, local_first=True),  # floods refused in process
+        starts=SessionStarts(pool),
     )  # fmt: skip
     services.rooms = Rooms(services)
     return services
@@ -181,6 +183,8 @@ async def close_services(services: Services) -> None:
 
 
 _UNLIMITED = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes must always get through
+
+
 @web.middleware
 async def rate_limit(request: web.Request, handler: api_edge.Handler) -> web.StreamResponse:
     """GCRA per client IP (the student WebSocket handshake included: it is an HTTP GET) and per user (a valid

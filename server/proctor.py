@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from aiohttp import WSMsgType, web
 
 from server.closecodes import Close
@@ -107,7 +108,7 @@ class ProctorConnection:
                 self.out.put(text)
 
     def send(self, frame: dict[str, Any]) -> None:
-        self.out.put(json.dumps(frame, separators=(",", ":")))
+        self.out.put(orjson.dumps(frame).decode())
 
 
 class Rooms:
@@ -181,7 +182,7 @@ class Rooms:
                 elif sid in loaded:
                     rows.append(row_of(loaded[sid], now, live))
             if rows:
-                payload = json.dumps({"sessions": rows, "at_ms": now}, separators=(",", ":"))
+                payload = orjson.dumps({"sessions": rows, "at_ms": now}).decode()
                 script = self.s.store.scripts.publish
                 seq_key, channel = keys.room_seq(template_id), keys.room_feed(template_id)
                 calls.append(self.s.writer.call(script, [seq_key], [channel, payload]))

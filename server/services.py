@@ -21,6 +21,7 @@ from storage.flusher import Flusher
 from storage.ratelimit import RedisLimiter
 from storage.scripts import AnyRedis
 from storage.session_store import RedisSessionStore
+from storage.starts import SessionStarts
 from storage.sweeper import Sweeper
 from storage.writer import CoalescingWriter
 
@@ -47,6 +48,7 @@ class Services:
     cache: TieredCache  # over `cache_redis`, a client without decode_responses (entries may be compressed)
     cache_redis: AnyRedis
     limiter: RedisLimiter
+    starts: SessionStarts  # session rows, batched (POST /api/sessions)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     rooms: Rooms = field(init=False)  # set right after construction: it needs the services itself
 

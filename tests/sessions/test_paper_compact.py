@@ -3,12 +3,13 @@ question id -> option order mapping to every caller."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import replace
 
 import pytest
 
-from sessions.model import PaperRule
+from sessions.model import Option, PaperRule
 from sessions.paper import OptionOrders, Paper, draw_paper
 from tests.sessions.factories import bank
 
@@ -53,3 +54,26 @@ def test_more_than_256_distinct_orders() -> None:
     assert dict(orders) == many
     paper = Paper(orders.ids, orders)
     assert Paper.from_json(paper.to_json()) == paper
+
+
+def test_shuffled_options_reach_every_order_about_equally_often() -> None:
+    """One draw per question picks a permutation's rank: all 24 orders of four options, none favoured."""
+    counts: dict[tuple[str, ...], int] = {}
+    for i in range(400):
+        paper = draw_paper(BANK, RULE, f"seed {i}")
+        for order in paper.option_order.values():
+            counts[order] = counts.get(order, 0) + 1
+    assert set(counts) == {tuple(p) for p in itertools.permutations("abcd")}
+    expected = 400 * RULE.count / 24  # 500 per order
+    assert all(abs(n - expected) < 0.2 * expected for n in counts.values()), counts
+
+
+def test_many_options_are_shuffled_too_and_the_draw_is_reproducible() -> None:
+    letters = "abcdefghij"  # more options than the ranked draw takes: random.shuffle's path
+    wide = [replace(q, options=tuple(Option(o, f"{o} of {q.id}") for o in letters)) for q in BANK]
+    paper = draw_paper(wide, RULE, "wide")
+    orders = list(paper.option_order.values())
+    assert all(sorted(o) == list(letters) for o in orders)
+    assert len(set(orders)) > 1
+    assert draw_paper(wide, RULE, "wide") == paper
+    assert Paper.from_json(json.loads(json.dumps(paper.to_json()))) == paper
