@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from sessions import adaptive, irt
 from sessions.anticheat import Level
 from sessions.machine import Ack, Effect, Finished, Refused, SessionState, Status, TimeLeft, Warned
@@ -30,6 +32,27 @@ def question_view(q: Question, option_order: tuple[str, ...]) -> dict[str, Any]:
         "text": q.text,
         "options": [{"id": o, "text": text[o]} for o in option_order],
     }
+
+
+# Encoded question views for JSON state frames, per question object and option order: every student of an exam
+# receives the same questions in one of a few orders (24 for four options), so a state frame is mostly a join of
+# fragments encoded once per process (orjson.Fragment). Keyed by the object's identity (the catalog holds one object
+# per question version; a stale entry is rebuilt when its id is reused), cleared past a bound.
+_FRAGMENTS: dict[int, tuple[Question, dict[tuple[str, ...], orjson.Fragment]]] = {}
+MAX_FRAGMENT_QUESTIONS = 50_000
+
+
+def question_fragment(q: Question, option_order: tuple[str, ...]) -> orjson.Fragment:
+    """question_view(q, option_order), encoded as JSON once per process."""
+    entry = _FRAGMENTS.get(id(q))
+    if entry is None or entry[0] is not q:
+        if len(_FRAGMENTS) >= MAX_FRAGMENT_QUESTIONS:
+            _FRAGMENTS.clear()
+        entry = _FRAGMENTS[id(q)] = (q, {})
+    fragment = entry[1].get(option_order)
+    if fragment is None:
+        fragment = entry[1][option_order] = orjson.Fragment(orjson.dumps(question_view(q, option_order)))
+    return fragment
 
 
 def answers_view(state: SessionState) -> dict[str, Any]:
@@ -64,7 +87,10 @@ def state_frame(
     scheme: MarkingScheme,
     now_ms: int,
     epoch: int,
+    json: bool = False,
 ) -> dict[str, Any]:
+    """`json`: the frame goes out as JSON (wire.encode with binary=False), so its questions may be fragments."""
+    view = question_fragment if json else question_view
     frame: dict[str, Any] = {
         "type": "state",
         "session": state.id,
@@ -77,7 +103,7 @@ def state_frame(
         "time_left_ms": state.time_left_ms(now_ms),
         "last_seq": state.last_seq,
         "marking": {"correct": scheme.correct, "wrong": scheme.wrong, "skipped": scheme.skipped},
-        "questions": [question_view(questions[q], order) for q, order in state.paper.in_order()],
+        "questions": [view(questions[q], order) for q, order in state.paper.in_order()],
         "answers": answers_view(state),
         "violations": state.violations,
         "flagged": state.flagged,

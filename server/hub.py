@@ -263,7 +263,7 @@ class StudentConnection:
         if self.closing:
             return False
         state = self.state
-        self.send(frames.state_frame(state, self.questions, self.scheme, self.now_ms(), self.epoch))
+        self.send(frames.state_frame(state, self.questions, self.scheme, self.now_ms(), self.epoch, not self.binary))
         if state.adaptive is None:  # the process' catalog keeps a fixed paper's questions: ~9 KB less per connection
             self.questions = {}
         if state.status.finished:
@@ -492,8 +492,7 @@ class Hub:
         old = self.connections.get(conn.sid)
         self.connections[conn.sid] = conn
         if old is not None and old is not conn:
-            self._supersede(old)
-        conn.s.background(conn.s.store.publish_fence(conn.sid, conn.epoch))
+            self._supersede(old)  # other processes hear of the new epoch from open.lua's fence message
 
     def unregister(self, conn: StudentConnection) -> None:
         if self.connections.get(conn.sid) is conn:

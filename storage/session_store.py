@@ -346,7 +346,8 @@ class RedisSessionStore:
         Returns Outcome.NO_SESSION or Outcome.FORBIDDEN (not the owner; nothing changed) otherwise."""
         k = self.keys.session(sid)
         keys = [k.meta, k.ans, k.ev, k.due, k.ledger, self.keys.hosts(partition_of(sid))]
-        raw = await self._writer.call(self._scripts.open, keys, [user_id, ip, self.host, LEASE_TTL_MS])
+        args: list[str | int] = [user_id, ip, self.host, LEASE_TTL_MS, self.keys.fence_channel]
+        raw = await self._writer.call(self._scripts.open, keys, args)
         if raw[0] != "OK":
             return Outcome(raw[0])
         stored = decode_session(_pairs(raw[3]), _pairs(raw[4]), raw[5])
@@ -432,6 +433,3 @@ class RedisSessionStore:
         for p in range(PARTITIONS):
             pipe.zrangebyscore(self.keys.due(p), "-inf", now_ms, start=0, num=limit)
         return [sid for part in await pipe.execute() for sid in part]
-
-    async def publish_fence(self, sid: str, epoch: int) -> None:
-        await self._redis.publish(self.keys.fence_channel, f"{sid} {epoch}")

@@ -4,6 +4,8 @@
 -- ARGV[1] the user id the connection's token names (only the owner may take the session over)
 -- ARGV[2] the client's IP address ('' when unknown)
 -- ARGV[3] this hub process' id ('' : no lease tracking), ARGV[4] how long a process' lease lasts (ms)
+-- ARGV[5] the fence channel: '<sid> <epoch>' is published there, so that a process holding an older connection
+--         of this session closes it (published here, not by the hub: one command less per connection)
 -- Returns {'OK', now_ms, epoch, meta (flat field/value list), answers (flat), events (list)}
 --      or {'NO_SESSION'} or {'FORBIDDEN'} (nothing is changed then).
 local meta, ans, ev, due, ledger, hosts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -56,5 +58,6 @@ if ARGV[2] ~= '' then
   if m[6] and m[6] ~= ARGV[2] then redis.call('HINCRBY', meta, 'ip_changes', 1) end
   redis.call('HSET', meta, 'ip', ARGV[2])
 end
+redis.call('PUBLISH', ARGV[5], m[7] .. ' ' .. epoch)
 return {'OK', now, epoch, redis.call('HGETALL', meta), redis.call('HGETALL', ans),
         redis.call('LRANGE', ev, 0, -1)}

@@ -129,7 +129,7 @@ async def test_one_subscriber_hears_every_channel_whichever_master_publishes(
     got: dict[str, list[str]] = {}
     async with subscriber(settings, redis) as ps:
         await ps.subscribe(*channels)
-        await store.publish_fence("f" * 32, 7)
+        await redis.publish(keys.fence_channel, f"{'f' * 32} 7")  # what open.lua publishes on a takeover
         await redis.publish(keys.broadcast_channel, "to the room")
         for p in range(PARTITIONS):
             await store.announce(sid_in(p), {"op": "pause"})
