@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import math
+import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -69,6 +70,8 @@ class ApiError(web.HTTPException):
 # 20 ms at 50/s): a flooder with N requests in flight then gets about N refusals per second instead of as many as
 # the hub can write (a held request costs a timer and a socket), and a client over its limit learns it 1 s later
 # at worst. At most TARPIT_MAX are held at once; beyond that refusals are answered at once (bounded sockets).
+# Each hold is drawn from [0.5, 1.5] x TARPIT_S: a flooder's connections, refused together and held alike, would
+# come back together, and a hundred handshakes landing in one loop turn delay everyone else's acks by tens of ms.
 TARPIT_S = 1.0
 TARPIT_MAX = 2000
 _held = [0]  # refusals being held right now, in this process
@@ -79,7 +82,7 @@ async def too_many(message: str, retry_after_ms: int) -> web.Response:
     if _held[0] < TARPIT_MAX:
         _held[0] += 1
         try:
-            await asyncio.sleep(TARPIT_S)
+            await asyncio.sleep(TARPIT_S * (0.5 + random.random()))
         finally:
             _held[0] -= 1
     retry_s = max(1, math.ceil(retry_after_ms / 1000))

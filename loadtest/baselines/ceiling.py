@@ -9,12 +9,12 @@ outlives a run) and replies `{"type": "ack", "seq": n}` only after Redis has ret
 `{"type": "error", "seq": n|null, "code": ..., "message": ...}`; a failed write gets code `unavailable`.
 `GET /healthz` answers 200 once the server listens (for drivers waiting on the port).
 
-Everything examhub does on top (the session state machine, sequence dedup and fencing in a Lua script,
-deadlines on Redis' clock, the outbox, rate limits, proctor feeds) is left out on purpose. What is kept is
-what no design on this stack can avoid, done the fastest way we know: uvloop, `compress=False`, the same
-WebSocket limits as the hub (64 KiB frames, 15 s heartbeat), Python's GC tuned as the hub tunes it, and
-writes coalesced the way storage/writer.py coalesces them: every answer that arrives while a pipeline is in
-flight rides the next pipeline, so Redis sees one round trip per batch, not per answer.
+Everything examhub does on top (the session state machine, sequence dedup and fencing in a Lua script, deadlines on
+Redis' clock, the outbox, rate limits, proctor feeds) is left out on purpose. What is kept is what no design on
+this stack can avoid, done the fastest way we know: uvloop, orjson (as the hub), `compress=False`, the same
+WebSocket limits as the hub (64 KiB frames, 15 s heartbeat), Python's GC tuned as the hub tunes it, and writes
+coalesced the way storage/writer.py coalesces them: every answer that arrives while a pipeline is in flight rides
+the next pipeline, so Redis sees one round trip per batch, not per answer.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import re
 import sys
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -158,7 +158,7 @@ class Ceiling:
 def parse_answer(data: str) -> tuple[int, int, str] | str:
     """(seq, q, choice), or what is wrong with the frame."""
     try:
-        frame: Any = json.loads(data)
+        frame: Any = orjson.loads(data)
     except ValueError:
         return "not JSON"
     if not isinstance(frame, dict) or frame.get("type") != "answer":
@@ -179,13 +179,13 @@ def _is_int(v: object) -> bool:
 
 def _seq_of(data: str) -> int | None:
     with contextlib.suppress(ValueError, AttributeError):
-        seq = json.loads(data).get("seq")
+        seq = orjson.loads(data).get("seq")
         return seq if _is_int(seq) and seq >= 0 else None
     return None
 
 
 def _error(seq: int | None, code: str, message: str) -> str:
-    return json.dumps({"type": "error", "seq": seq, "code": code, "message": message})
+    return orjson.dumps({"type": "error", "seq": seq, "code": code, "message": message}).decode()
 
 
 async def serve(port: int, redis_url: str, prefix: str, ttl_s: int) -> None:

@@ -18,12 +18,12 @@ durable (synchronous_commit stays on), as examhub's acks are (Redis appendfsync 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from typing import Any
 
 import asyncpg
+import orjson
 from aiohttp import web
 
 from loadtest.baselines import serve_until_signal
@@ -79,7 +79,7 @@ def _bad(message: str) -> web.Response:
 
 async def answer(request: web.Request) -> web.Response:
     try:
-        body = json.loads(await request.read())
+        body = orjson.loads(await request.read())
     except ValueError:
         return _bad("the body is not JSON")
     except web.HTTPRequestEntityTooLarge:
