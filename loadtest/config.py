@@ -24,7 +24,10 @@ class Config:
     pipeline: int = 8  # submit storm: answers in flight per student while filling
     answers: int = 180  # submit storm: answers per attempt
     storm_timeout: float = 180.0  # submit storm: give up waiting for PostgreSQL after this many seconds
-    rates: list[float] = field(default_factory=lambda: [1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000])
+    # compare: offered answers/s; 500 apart where the knees are, so that a ratio is not an artefact of the grid
+    rates: list[float] = field(
+        default_factory=lambda: [1000, 2000, 3000, 4000, 5000, 5500, 6000, 6500, 7000, 7500, 8000, 9000, 10000]
+    )
     step: float = 10.0  # compare: seconds per rate step
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str | None = None

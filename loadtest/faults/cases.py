@@ -435,7 +435,7 @@ async def fencing(students: int = 50, late: int = 3) -> Result:
                     except Lost as exc:
                         closed_4009 += exc.code == 4009
                         m = a.log[-1]
-                        if m.status == UNKNOWN and exc.code == 4009:
+                        if m.status == UNKNOWN and (exc.code == 4009 or a.fenced):
                             m.status, m.code = REFUSED, "superseded"  # protocol section 11: not stored
                         break
                     acked_late += m.status == ACKED

@@ -175,7 +175,18 @@ class FaultClient:
         try:
             await self.ws.send_str(json.dumps(frame))
         except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
-            raise Lost(None, f"send: {exc}") from None
+            raise Lost(await self._why_closed(), f"send: {exc}") from None
+
+    async def _why_closed(self) -> int | None:
+        """The hub may have closed first (a fence from another process supersedes an idle connection at once):
+        read what it said before the close, as a browser would have (the `superseded` frame, close 4009)."""
+        with contextlib.suppress(Lost, TimeoutError, RuntimeError, AssertionError):
+            while True:
+                frame = await self._frame(0.5)
+                if frame.get("type") == "error":
+                    self.errors[frame.get("code", "")] += 1
+                    self.fenced = self.fenced or frame.get("code") == "superseded"
+        return self.ws.close_code if self.ws is not None else None
 
     async def _settle(self, m: Sent) -> None:
         deadline = time.monotonic() + self.reply_timeout_s
