@@ -99,6 +99,22 @@ def _refused_not_active(decision: Decision) -> bool:
     return any(isinstance(e, Refused) and e.code is Refusal.NOT_ACTIVE for e in decision.effects)
 
 
+class WebSocket(web.WebSocketResponse):
+    """aiohttp's WebSocketResponse, minus one way of outliving its connection.
+
+    aiohttp resets the heartbeat on every chunk received (_on_data_received, aio-libs/aiohttp#12030), even
+    once the socket is closed: the peer's reply to our close (every exam ends with the hub's 4000) arrives
+    while close() waits for it, and arms a new heartbeat timer after close() cancelled the old one. The loop's
+    timer then keeps the response, its request, transport, socket and reader queue alive for a heartbeat and a
+    half (~23 s at 15 s) after the exam ended: harmless one at a time, but a wave of hand-ins holds hundreds at
+    once, and a tracemalloc snapshot taken soon after the exams took them for a leak. Nothing is received after
+    a close, so there is no heartbeat to reset."""
+
+    def _on_data_received(self) -> None:
+        if not self.closed:
+            super()._on_data_received()
+
+
 class Outbound:
     """A connection's bounded send queue. A pump task drains it while there is something to send, then ends: an
     idle connection holds no task, no event, no buffer and no reference to the last frame it sent (a state frame
@@ -577,7 +593,7 @@ async def student_ws(request: web.Request) -> web.StreamResponse:
 
     services = request.app[SERVICES]
     settings = services.settings
-    ws = web.WebSocketResponse(
+    ws = WebSocket(
         compress=False,  # per-message deflate costs ~7x the memory per connection
         max_msg_size=settings.max_message_bytes,
         heartbeat=settings.heartbeat_s,

@@ -26,7 +26,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from server.closecodes import Close
-from server.hub import Outbound, wall_ms
+from server.hub import Outbound, WebSocket, wall_ms
 from sessions.proctoring import alerts, summary
 from storage.keys import PARTITIONS
 from storage.session_store import Stored
@@ -359,7 +359,7 @@ async def proctor_ws(request: web.Request) -> web.WebSocketResponse:
     from server.services import SERVICES
 
     services = request.app[SERVICES]
-    ws = web.WebSocketResponse(compress=False, max_msg_size=4096, heartbeat=services.settings.heartbeat_s)
+    ws = WebSocket(compress=False, max_msg_size=4096, heartbeat=services.settings.heartbeat_s)
     await ws.prepare(request)
 
     async def refuse(code: Close, err: str, message: str) -> web.WebSocketResponse:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import weakref
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from server.closecodes import Close
+from server.hub import StudentConnection
 from storage import pg
 from tests.conftest import template_id
 from tests.server.conftest import Student, services, start, student
@@ -180,3 +184,38 @@ async def test_start_returns_a_working_ws_url(client: TestClient[Any, Any]) -> N
     started = await start(client, await template_id(s.pool, "biology-quick-10"))
     assert started["ws_url"].startswith("ws://") and "/ws/student?token=" in started["ws_url"]
     assert started["questions"] == 10 and started["duration_s"] == 600
+
+
+async def test_finished_exams_leave_nothing_alive(client: TestClient[Any, Any]) -> None:
+    """Every exam ends with the hub's close (4000). Once its handler has returned, nothing may keep the connection
+    (its response, request, transport, reader) alive: aiohttp re-armed the heartbeat on the student's close reply,
+    and the loop's timer held each one for a heartbeat and a half (server/hub.py, WebSocket)."""
+    s = services(client)
+    tid = await template_id(s.pool, "biology-quick-10")
+    opened: list[weakref.ref[Any]] = []
+    register = s.hub.register
+
+    def track(conn: StudentConnection) -> None:
+        opened.extend((weakref.ref(conn), weakref.ref(conn.ws)))
+        register(conn)
+
+    s.hub.register = track  # type: ignore[method-assign]
+    for _ in range(5):
+        st = await student(client, tid)
+        await st.connect()
+        q = st.questions()[0]
+        await st.answer(q["id"], q["options"][0]["id"])
+        st.seq += 1
+        await st.send({"type": "submit", "seq": st.seq})
+        assert await st.closed() == Close.SESSION_FINISHED
+    assert len(opened) == 10
+
+    def alive() -> int:
+        gc.collect()
+        return sum(ref() is not None for ref in opened)
+
+    for _ in range(40):  # the handlers' last steps; the test settings' heartbeat (5 s) is far off
+        if alive() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert alive() == 0
