@@ -325,7 +325,7 @@ class RedisSessionStore:
         meta = self.keys.session(sid).meta
         created = bool(await self._writer.call(self._scripts.create, [meta], flat))
         if created:  # the room's member list (another slot, so not in the script; readers tolerate strays)
-            await self._redis.sadd(self.keys.room_live(template.id), sid)
+            await self._writer.command("SADD", self.keys.room_live(template.id), sid)
         return created
 
     async def room_members(self, template_id: int) -> list[str]:

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class _Call:
-    script: Script
+    script: Script | None  # None: a plain command, `args` whole (e.g. SADD key member)
     keys: Sequence[str]
     args: Sequence[str | int]
     future: asyncio.Future[Any]
@@ -69,6 +69,14 @@ class CoalescingWriter:
         self._wake.set()
         return future
 
+    def command(self, *args: str | int) -> asyncio.Future[Any]:
+        """Queue one plain command (no script) to ride the next pipeline: a burst of session starts would
+        otherwise take a pooled connection each, and redis-py's pool refuses the 101st (MaxConnectionsError)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Call(None, (), args, future))
+        self._wake.set()
+        return future
+
     async def _run(self) -> None:
         while not self._closing:
             await self._wake.wait()
@@ -83,7 +91,10 @@ class CoalescingWriter:
         self.calls += len(batch)
         pipe = self._redis.pipeline(transaction=False)
         for c in batch:
-            pipe.execute_command("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)
+            if c.script is None:
+                pipe.execute_command(*c.args)
+            else:
+                pipe.execute_command("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)
         try:
             results = await pipe.execute(raise_on_error=False)
         except (TimeoutError, RedisError, OSError) as exc:

@@ -18,7 +18,9 @@ from sessions.machine import (
 )
 from sessions.model import CheatKind
 from storage.keys import Keys, partition_of
+from storage.scripts import Scripts
 from storage.session_store import Opened, Outcome, RedisSessionStore
+from storage.writer import CoalescingWriter
 from tests.sessions.factories import fresh, template
 
 SID = "0123456789abcdef0123456789abcdef"
@@ -157,3 +159,24 @@ async def test_only_the_owner_can_take_a_session_over(store: RedisSessionStore) 
     assert await store.open("f" * 32, "u1") is Outcome.NO_SESSION
     q = fresh(sid=SID).paper.question_ids[0]
     assert (await store.apply(SID, epoch, answer(1, q))).outcome is Outcome.OK  # the owner was not fenced
+
+
+async def test_a_burst_of_creates_needs_no_pooled_connection_each(prefix: str) -> None:
+    """300 sessions created at once, on a client whose pool holds 4 connections: the room-member SADD rides the
+    writer's pipelines with the create scripts (it used to take a pooled connection each: MaxConnectionsError)."""
+    small = Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True, max_connections=4)
+    writer = CoalescingWriter(small, Scripts.load())
+    await writer.start()
+    try:
+        store = RedisSessionStore(small, writer, Scripts.load(), Keys(prefix), created_ttl_s=60)
+        tpl = template()
+        sids = [f"{i:032x}" for i in range(1, 301)]
+        created = await asyncio.gather(
+            *(store.create(s, "u1", tpl, fresh(sid=s).paper, 0) for s in sids), return_exceptions=True
+        )
+        assert created == [True] * len(sids)
+        assert await store.room_members(tpl.id) == sorted(sids)
+        assert writer.batches < 100
+    finally:
+        await writer.close()
+        await small.aclose()
