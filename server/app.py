@@ -237,7 +237,8 @@ def create_app(settings: Settings) -> web.Application:
         except (OSError, asyncpg.PostgresError) as exc:  # serving cold is slower, not wrong
             log.warning("catalog not warmed: %s", exc)
         if settings.run_background:
-            services.background(services.flusher.run())
+            for n in range(settings.flush_lanes):
+                services.background((services.flusher.lane(n) if n else services.flusher).run())
             services.background(services.sweeper.run())
         services.background(listen_control(services))
         services.background(_renew_lease(services))

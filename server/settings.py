@@ -102,6 +102,7 @@ class Settings:
     session_token_slack_s: int = 6 * 3600  # a session token outlives the exam's duration by this much
     user_token_ttl_s: int = 7 * 24 * 3600
     flush_batch: int = 200
+    flush_lanes: int = 2  # flusher consumers per process, their transactions overlapping (storage/flusher.py)
     flush_claim_idle_ms: int = 30_000
     sweep_interval_s: float = 1.0
     pg_pool_min: int = 2
@@ -150,6 +151,7 @@ class Settings:
             created_ttl_s=_int(env, "EXAMHUB_CREATED_TTL_S", 24 * 3600, 60),
             flushed_ttl_s=_int(env, "EXAMHUB_FLUSHED_TTL_S", 3600, 1),
             flush_batch=_int(env, "EXAMHUB_FLUSH_BATCH", 200, 1, 10_000),
+            flush_lanes=_int(env, "EXAMHUB_FLUSH_LANES", 2, 1, 16),
             pg_pool_max=_int(env, "EXAMHUB_PG_POOL_MAX", 10, 1, 1000),
             access_log=_bool(env, "EXAMHUB_ACCESS_LOG", False),
             rate_rest_ip=_rate(env, "EXAMHUB_RATE_REST_IP", REST_IP_RATE),

@@ -191,6 +191,7 @@ class Flusher:
         self._store = store
         self._scripts = scripts
         self._catalog = catalog
+        self._crash_point = crash_point
         self._keys: Keys = store.keys
         self.consumer = consumer
         self._batch = batch
@@ -204,6 +205,18 @@ class Flusher:
         # test-only (settings.crash_point): exit like kill -9 after the Nth commit, before the acknowledgement
         self._crash_after = crash_point[1] if crash_point is not None and crash_point[0] == "after_commit" else 0
         self._commits = 0
+
+    def lane(self, n: int) -> Flusher:
+        """Another consumer of the same outboxes in this process (`<consumer>.<n>`), sharing everything else.
+        One flusher writes one transaction at a time and, while PostgreSQL commits, has nothing to do; with two
+        lanes one reads and scores the next batch meanwhile (a submit storm's 10,000 attempts: docs/performance.md).
+        The consumer group hands each entry to one lane; a replay is idempotent whoever writes it."""
+        return Flusher(
+            self._redis, self._pool, self._store, self._scripts, self._catalog, f"{self.consumer}.{n}",
+            batch=self._batch, claim_idle_ms=self._claim_idle_ms, flushed_ttl_s=self._flushed_ttl_s,
+            idle_sleep_s=self._idle_sleep_s, observer=self._observer, on_committed=self._on_committed,
+            crash_point=self._crash_point,
+        )  # fmt: skip
 
     async def ensure_groups(self) -> None:
         for p in range(PARTITIONS):

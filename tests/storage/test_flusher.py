@@ -129,3 +129,25 @@ async def test_postgres_down_keeps_the_outbox(
     good = make_flusher(redis, pool, store, "f1")
     assert await good.flush_once() == 1
     assert (await counts(pool, [sid]))[0] == 1
+
+
+async def test_two_lanes_store_every_attempt_once(pool: pg.Pool, redis: Redis, store: RedisSessionStore) -> None:
+    """A process' flusher lanes share the outboxes: together they store each attempt exactly once."""
+    sids = [(await finished_session(pool, store, answers=3))[0] for _ in range(12)]
+    first = make_flusher(redis, pool, store, "lanes", batch=2)
+    second = first.lane(1)
+    assert second.consumer == "lanes.1"
+    await first.ensure_groups()
+
+    async def drain(f: object) -> int:
+        total = 0
+        while n := await f.flush_once():  # type: ignore[attr-defined]
+            total += n
+            await asyncio.sleep(0)
+        return total
+
+    done = await asyncio.gather(drain(first), drain(second))
+    assert sum(done) == 12
+    attempts, responses, events, _ = await counts(pool, sids)
+    assert (attempts, responses, events) == (12, 12 * 10, 12)  # a row per question of each 10-question paper
+    assert await outbox_total(redis, store) == 0
