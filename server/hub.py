@@ -22,8 +22,9 @@ import contextlib
 import logging
 import os
 import time
+import weakref
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -108,11 +109,27 @@ class WebSocket(web.WebSocketResponse):
     timer then keeps the response, its request, transport, socket and reader queue alive for a heartbeat and a
     half (~23 s at 15 s) after the exam ended: harmless one at a time, but a wave of hand-ins holds hundreds at
     once, and a tracemalloc snapshot taken soon after the exams took them for a leak. Nothing is received after
-    a close, so there is no heartbeat to reset."""
+    a close, so there is no heartbeat to reset.
 
-    def _on_data_received(self) -> None:
-        if not self.closed:
-            super()._on_data_received()
+    And aiohttp hands that callback to the connection's protocol, which keeps it after the connection is lost
+    (connection_lost drops the parser, not the callback): a bound method closed the cycle protocol -> response
+    -> request -> protocol, so every closed connection (~40 objects, ~10 KB with its transport and buffers) was
+    left to the cyclic collector, which `examhub serve` runs after 100,000 net allocations, and on the old
+    generations almost never (server/cli.py, _tune_gc). A kill -9 of Redis closes thousands at once (every
+    reconnect refused with 4503): the soak's hubs stepped up 17-31 MB per Redis kill, and what the collector
+    freed later stayed in Python's arenas. The protocol gets a callback that holds the response weakly, so a
+    closed connection is freed by reference counting."""
+
+    @property
+    def _on_data_received(self) -> Callable[[], None]:
+        response = weakref.ref(self)
+
+        def received() -> None:
+            ws = response()
+            if ws is not None and not ws.closed:
+                web.WebSocketResponse._on_data_received(ws)
+
+        return received
 
 
 class Outbound:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import weakref
 from typing import Any
 
@@ -11,8 +12,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from server.closecodes import Close
-from server.hub import StudentConnection
+from server.hub import StudentConnection, WebSocket
 from storage import pg
+from storage.errors import StorageUnavailable
+from storage.session_store import Opened, Outcome
 from tests.conftest import template_id
 from tests.server.conftest import Student, services, start, student
 
@@ -219,3 +222,52 @@ async def test_finished_exams_leave_nothing_alive(client: TestClient[Any, Any]) 
             break
         await asyncio.sleep(0.05)
     assert alive() == 0
+
+
+async def test_closed_connections_need_no_cyclic_collector(
+    client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`examhub serve` runs the cyclic collector on old objects almost never (server/cli.py, _tune_gc), so a closed
+    connection must be freed by reference counting alone. aiohttp's protocol kept the heartbeat callback, a bound
+    method of the response, after the connection was lost: protocol -> response -> request -> protocol held every
+    finished exam, and every reconnect refused while Redis was down (4503), until a full collection (server/hub.py,
+    WebSocket). gc.get_objects() lists unreachable objects too: none may be left."""
+    s = services(client)
+    tid = await template_id(s.pool, "biology-quick-10")
+    open_session = s.store.open
+
+    async def unavailable(sid: str, user_id: str, ip: str = "") -> Opened | Outcome:
+        raise StorageUnavailable("redis: down")
+
+    def responses() -> int:
+        return sum(isinstance(o, WebSocket) for o in gc.get_objects())
+
+    # pytest keeps every log record, and the hub's warning about Redis holds the exception: its traceback, frames
+    # and connection
+    caplog.set_level(logging.ERROR, logger="server.hub")
+    gc.collect()
+    before = responses()
+    gc.disable()
+    try:
+        for _ in range(3):
+            st = await student(client, tid)
+            await st.connect()
+            q = st.questions()[0]
+            await st.answer(q["id"], q["options"][0]["id"])
+            st.seq += 1
+            await st.send({"type": "submit", "seq": st.seq})
+            assert await st.closed() == Close.SESSION_FINISHED
+            s.store.open = unavailable  # type: ignore[method-assign]
+            refused = Student(client, st.token, st.sid)
+            await refused.connect(expect_state=False)
+            assert (await refused.recv())["code"] == "unavailable"
+            assert await refused.closed() == Close.STORAGE_UNAVAILABLE
+            s.store.open = open_session  # type: ignore[method-assign]
+        for _ in range(40):  # the handlers' last steps
+            if responses() == before:
+                break
+            await asyncio.sleep(0.05)
+        assert responses() == before
+    finally:
+        gc.enable()
+        s.store.open = open_session  # type: ignore[method-assign]
