@@ -83,9 +83,9 @@ class ProctorConnection:
         self.template_id = template_id
         self.out = Outbound(ws, limit)
         self.seq = 0  # the last update (or snapshot) this proctor has been sent
-        self.pending: list[tuple[int, str]] | None = []  # updates that arrive while its snapshot is read
+        self.pending: list[tuple[int, bytes]] | None = []  # updates that arrive while its snapshot is read
 
-    def deliver(self, seq: int, text: str) -> bool:
+    def deliver(self, seq: int, text: bytes) -> bool:
         """False: this proctor missed something between its snapshot and this update (it needs a resync)."""
         if self.pending is not None:
             self.pending.append((seq, text))
@@ -108,7 +108,7 @@ class ProctorConnection:
                 self.out.put(text)
 
     def send(self, frame: dict[str, Any]) -> None:
-        self.out.put(orjson.dumps(frame).decode())
+        self.out.put(orjson.dumps(frame))
 
 
 class Rooms:
@@ -273,7 +273,7 @@ class Rooms:
             log.info("room %d feed gap: expected %d, got %d; resyncing", template_id, last + 1, seq)
             self.s.background(self.resync(template_id, list(watchers)))
         # the payload is already JSON: frame it as text, once for every watcher (no decode, no re-encode)
-        text = f'{{"type":"update","template":{template_id},"seq":{seq},{payload[1:]}'
+        text = f'{{"type":"update","template":{template_id},"seq":{seq},{payload[1:]}'.encode()
         behind = [w for w in list(watchers) if not w.deliver(seq, text)]
         if behind and not (last is not None and seq > last + 1):
             self.s.background(self.resync(template_id, behind))

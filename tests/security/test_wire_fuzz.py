@@ -103,7 +103,8 @@ def test_valid_messages_round_trip_in_both_encodings(kind: str, seq: int, binary
         body.update(q=7, choice="b")
     if kind == "event":
         body["kind"] = "blur"
-    msg = decode(encode(body, binary))
+    data = encode(body, binary)
+    msg = decode(data if binary else data.decode())  # a text frame reaches the hub as str
     assert msg.type == kind and msg.seq == seq
 
 

@@ -16,12 +16,9 @@ class StuckSocket:
         self.close_code: int | None = None
         self.sent = 0
 
-    async def send_str(self, data: str) -> None:
+    async def send_frame(self, data: bytes, opcode: int) -> None:
         self.sent += 1
         await asyncio.Event().wait()
-
-    async def send_bytes(self, data: bytes) -> None:
-        await self.send_str("")
 
     async def close(self, code: int, message: bytes = b"") -> None:
         self.closed = True
@@ -31,10 +28,10 @@ class StuckSocket:
 async def test_overflow_closes_with_slow_consumer_and_never_blocks() -> None:
     ws = StuckSocket()
     out = Outbound(ws, limit=8)  # type: ignore[arg-type]
-    out.put("first")
+    out.put(b"first")
     await asyncio.sleep(0.01)  # the pump is now stuck in the socket
     for i in range(100):
-        out.put(f"frame {i}")  # put() is synchronous: it cannot block the hub whatever the peer does
+        out.put(f"frame {i}".encode())  # put() is synchronous: it cannot block the hub whatever the peer does
     await asyncio.sleep(0.01)
     assert out.overflowed and ws.closed and ws.close_code == Close.SLOW_CONSUMER
     assert ws.sent == 1  # the one frame stuck in the socket; the rest were dropped, not buffered
@@ -42,15 +39,15 @@ async def test_overflow_closes_with_slow_consumer_and_never_blocks() -> None:
 
 
 async def test_a_reading_client_gets_everything_in_order() -> None:
-    got: list[str] = []
+    got: list[bytes] = []
 
     class Reader(StuckSocket):
-        async def send_str(self, data: str) -> None:
+        async def send_frame(self, data: bytes, opcode: int) -> None:
             got.append(data)
 
     out = Outbound(Reader(), limit=8)  # type: ignore[arg-type]
     for i in range(5):
-        out.put(str(i))
+        out.put(str(i).encode())
     await out.flush()
-    assert got == ["0", "1", "2", "3", "4"] and not out.overflowed
+    assert got == [b"0", b"1", b"2", b"3", b"4"] and not out.overflowed
     await out.stop()
