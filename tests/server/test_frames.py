@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import tracemalloc
 from dataclasses import replace
 
 import orjson
@@ -34,3 +36,23 @@ def test_an_edited_question_gets_a_fresh_fragment() -> None:
     reversed_order = tuple(reversed(order))
     again = orjson.loads(orjson.dumps([frames.question_fragment(q, reversed_order)]))[0]
     assert [o["id"] for o in again["options"]] == list(reversed_order)
+
+
+def test_fragments_hold_about_what_they_encode() -> None:
+    """The fragment cache lives as long as the process (one entry per question and option order): each entry must
+    cost about its JSON, not orjson's working buffer (~4 KB each, 23 MB for a 240-question bank of 4 options)."""
+    questions = [replace(q, id=q.id + 700_000) for q in bank(40)]
+    orders = [tuple(p) for p in itertools.permutations("abcd")]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        encoded = sum(len(orjson.dumps(frames.question_view(q, o))) for q in questions for o in orders)
+        middle = tracemalloc.get_traced_memory()[0]
+        for q in questions:
+            for o in orders:
+                frames.question_fragment(q, o)
+        held = tracemalloc.get_traced_memory()[0] - middle
+    finally:
+        tracemalloc.stop()
+    assert middle - before < 64 * 1024  # the measuring loop itself keeps nothing
+    assert held < 2 * encoded, (held, encoded)
