@@ -189,6 +189,18 @@ async def test_start_returns_a_working_ws_url(client: TestClient[Any, Any]) -> N
     assert started["questions"] == 10 and started["duration_s"] == 600
 
 
+async def sit_one_answer_exam(client: TestClient[Any, Any], tid: int) -> Student:
+    """A student answers one question and submits; the hub ends the exam with its own close (4000)."""
+    st = await student(client, tid)
+    await st.connect()
+    q = st.questions()[0]
+    await st.answer(q["id"], q["options"][0]["id"])
+    st.seq += 1
+    await st.send({"type": "submit", "seq": st.seq})
+    assert await st.closed() == Close.SESSION_FINISHED
+    return st
+
+
 async def test_finished_exams_leave_nothing_alive(client: TestClient[Any, Any]) -> None:
     """Every exam ends with the hub's close (4000). Once its handler has returned, nothing may keep the connection
     (its response, request, transport, reader) alive: aiohttp re-armed the heartbeat on the student's close reply,
@@ -204,13 +216,7 @@ async def test_finished_exams_leave_nothing_alive(client: TestClient[Any, Any]) 
 
     s.hub.register = track  # type: ignore[method-assign]
     for _ in range(5):
-        st = await student(client, tid)
-        await st.connect()
-        q = st.questions()[0]
-        await st.answer(q["id"], q["options"][0]["id"])
-        st.seq += 1
-        await st.send({"type": "submit", "seq": st.seq})
-        assert await st.closed() == Close.SESSION_FINISHED
+        await sit_one_answer_exam(client, tid)
     assert len(opened) == 10
 
     def alive() -> int:
@@ -250,13 +256,7 @@ async def test_closed_connections_need_no_cyclic_collector(
     gc.disable()
     try:
         for _ in range(3):
-            st = await student(client, tid)
-            await st.connect()
-            q = st.questions()[0]
-            await st.answer(q["id"], q["options"][0]["id"])
-            st.seq += 1
-            await st.send({"type": "submit", "seq": st.seq})
-            assert await st.closed() == Close.SESSION_FINISHED
+            st = await sit_one_answer_exam(client, tid)
             s.store.open = unavailable  # type: ignore[method-assign]
             refused = Student(client, st.token, st.sid)
             await refused.connect(expect_state=False)
