@@ -394,10 +394,25 @@ def _answer(state: SessionState, cmd: Answer, now_ms: int) -> Decision:
             state, cmd.seq, Refusal.INVALID_CHOICE, f"question {cmd.question_id} has no option {cmd.choice!r}"
         )
     saved = SavedAnswer(cmd.choice, cmd.marked, cmd.time_ms, cmd.seq, now_ms)
-    answers = dict(state.answers)
-    answers[cmd.question_id] = saved
-    new = replace(state, answers=MappingProxyType(answers), last_seq=cmd.seq)
-    return Decision(new, (Ack(cmd.seq),), SaveAnswer(cmd.seq, cmd.question_id, saved))
+    return Decision(
+        _answered(state, cmd.question_id, saved), (Ack(cmd.seq),), SaveAnswer(cmd.seq, cmd.question_id, saved)
+    )
+
+
+def _answered(s: SessionState, question_id: int, saved: SavedAnswer) -> SessionState:
+    """`s` with one more answer and its sequence number. The answer path, so spelled out: dataclasses.replace()
+    looks the fields up on every call and cost twice this (~4.5 us against ~2.8 us per answer). Every field is
+    named, so a field added to SessionState and forgotten here fails to construct (no default for it) or is
+    caught by tests/sessions/test_machine.py (test_an_answer_carries_every_other_field)."""
+    answers = dict(s.answers)
+    answers[question_id] = saved
+    return SessionState(
+        id=s.id, user_id=s.user_id, template_id=s.template_id, status=s.status, paper=s.paper,
+        duration_ms=s.duration_ms, grace_ms=s.grace_ms, policy=s.policy, deadline_ms=s.deadline_ms,
+        remaining_ms=s.remaining_ms, started_ms=s.started_ms, last_seq=saved.seq,
+        answers=MappingProxyType(answers), cheats=s.cheats, violations=s.violations, flagged=s.flagged,
+        finish_reason=s.finish_reason, finished_ms=s.finished_ms, adaptive=s.adaptive,
+    )  # fmt: skip
 
 
 def _report(state: SessionState, cmd: Report, now_ms: int) -> Decision:

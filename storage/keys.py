@@ -36,7 +36,8 @@ storage/ratelimit.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 PARTITIONS = 16  # fixed: changing it would move live sessions; 16 slots spread over up to 16 masters
 FLUSH_GROUP = "flushers"
@@ -47,8 +48,7 @@ def partition_of(sid: str) -> int:
     return int(sid[:8], 16) % PARTITIONS
 
 
-@dataclass(frozen=True, slots=True)
-class SessionKeys:
+class SessionKeys(NamedTuple):  # a tuple: built on every write (Keys.session), ~3x cheaper than a frozen dataclass
     meta: str
     ans: str
     ev: str
@@ -60,25 +60,23 @@ class SessionKeys:
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "eh"
+    # per partition: the session keys' common start, the deadline index and the outbox (Keys.session runs on
+    # every write: these are made once, not per call)
+    _partitions: tuple[tuple[str, str, str], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if "{" in self.prefix or "}" in self.prefix:
             raise ValueError("the key prefix must not contain braces (they would change the hash tag)")
+        parts = tuple(self._part(p) for p in range(PARTITIONS))
+        object.__setattr__(self, "_partitions", tuple((f"{b}:s:", f"{b}:due", f"{b}:outbox") for b in parts))
 
     def _part(self, partition: int) -> str:
         return f"{self.prefix}:{{p{partition:02d}}}"
 
     def session(self, sid: str) -> SessionKeys:
-        part = partition_of(sid)
-        base = self._part(part)
-        return SessionKeys(
-            meta=f"{base}:s:{sid}:meta",
-            ans=f"{base}:s:{sid}:ans",
-            ev=f"{base}:s:{sid}:ev",
-            ledger=f"{base}:s:{sid}:ledger",
-            due=f"{base}:due",
-            outbox=f"{base}:outbox",
-        )
+        base, due, outbox = self._partitions[partition_of(sid)]
+        s = f"{base}{sid}"
+        return SessionKeys(f"{s}:meta", f"{s}:ans", f"{s}:ev", f"{s}:ledger", due, outbox)
 
     def due(self, partition: int) -> str:
         return f"{self._part(partition)}:due"

@@ -1,9 +1,14 @@
 -- Shared helpers. storage/scripts.py prepends this file to every other script.
 
--- Redis' own clock, in milliseconds: the one clock every hub process agrees on.
+-- Redis' own clock, in milliseconds: the one clock every hub process agrees on. Read once per script run:
+-- a merged call (_many.lua) runs many callers' writes in one atomic step, and they share its instant.
+local clock_ms
 local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if not clock_ms then
+    local t = redis.call('TIME')
+    clock_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return clock_ms
 end
 
 -- The only way a session ends: mark it, drop it from the deadline index and enqueue it for

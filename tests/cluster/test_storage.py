@@ -55,11 +55,14 @@ from tests.storage.test_ratelimit import (  # noqa: F401
     test_the_redis_key_expires_when_the_bucket_is_full_again,
 )
 from tests.storage.test_session_store import (  # noqa: F401
+    test_a_failing_call_in_a_merged_run_spares_the_others,
+    test_a_run_of_applies_rides_one_script_call_each_caller_getting_its_own_reply,
     test_an_older_epoch_is_fenced,
     test_cheat_events_count_flag_and_autosubmit,
     test_create_is_once_and_expires_until_opened,
     test_deadline_on_redis_clock,
     test_many_concurrent_writes_coalesce,
+    test_merged_calls_survive_script_cache_flush,
     test_not_due_yet,
     test_only_the_owner_can_take_a_session_over,
     test_racing_sweepers_expire_exactly_once,

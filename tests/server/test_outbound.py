@@ -51,3 +51,63 @@ async def test_a_reading_client_gets_everything_in_order() -> None:
     await out.flush()
     assert got == [b"0", b"1", b"2", b"3", b"4"] and not out.overflowed
     await out.stop()
+
+
+class Transport(asyncio.WriteTransport):
+    """What Outbound asks of the socket's transport: how much it still holds unsent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unsent = 0
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
+
+async def test_a_frame_to_an_idle_socket_is_written_at_once_without_a_task() -> None:
+    got: list[bytes] = []
+
+    class Reader(StuckSocket):
+        async def send_frame(self, data: bytes, opcode: int) -> None:
+            got.append(data)
+
+    out = Outbound(Reader(), limit=8, transport=Transport())  # type: ignore[arg-type]
+    out.put(b"ack 1")
+    assert got == [b"ack 1"]  # before any await: written in put() itself
+    assert out._task is None and out._queue is None  # nothing held for an idle connection
+    await out.stop()
+
+
+async def test_frames_behind_unsent_data_queue_and_keep_their_order() -> None:
+    got: list[bytes] = []
+    transport = Transport()
+
+    class Reader(StuckSocket):
+        async def send_frame(self, data: bytes, opcode: int) -> None:
+            got.append(data)  # written first, as aiohttp writes a frame before it waits for a drain
+            await asyncio.sleep(0)
+
+    out = Outbound(Reader(), limit=8, transport=transport)  # type: ignore[arg-type]
+    out.put(b"0")  # an idle socket: written at once (the wait that follows is dropped)
+    transport.unsent = 100  # the peer is behind: what follows must queue behind the pump
+    out.put(b"1")
+    out.put(b"2")
+    transport.unsent = 0  # the socket caught up, but the queue still holds frames: they go first
+    out.put(b"3")
+    await out.flush()
+    assert got == [b"0", b"1", b"2", b"3"]
+    await out.stop()
+
+
+async def test_a_stuck_peer_is_still_cut_off_when_frames_went_straight_out() -> None:
+    ws = StuckSocket()
+    transport = Transport()
+    out = Outbound(ws, limit=8, transport=transport)  # type: ignore[arg-type]
+    out.put(b"first")  # the socket looked idle: written directly; its wait is dropped, put() did not block
+    assert ws.sent == 1
+    transport.unsent = 1 << 20  # the peer stopped reading: the transport fills up
+    for i in range(100):
+        out.put(f"frame {i}".encode())
+    await asyncio.sleep(0.01)
+    assert out.overflowed and ws.closed and ws.close_code == Close.SLOW_CONSUMER
+    await out.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from sessions.machine import (
     Activate,
@@ -151,6 +152,71 @@ async def test_many_concurrent_writes_coalesce(store: RedisSessionStore, writer:
     )
     assert all(r.outcome is Outcome.OK for r in results)
     assert writer.batches - before < len(results) / 5  # type: ignore[attr-defined]
+
+
+async def test_a_run_of_applies_rides_one_script_call_each_caller_getting_its_own_reply(
+    store: RedisSessionStore, writer: CoalescingWriter, redis: Redis
+) -> None:
+    """The writer merges the applies of a batch into calls of apply_many (one per hash tag on a cluster): each
+    caller still gets exactly the reply its own call would have had, and the writes land as they would."""
+    sids = [f"{i:08x}{'0' * 24}" for i in range(1, 33)]  # sessions in every partition (the first 8 digits pick it)
+    assert len({partition_of(s) for s in sids}) == 16
+    epochs = dict(zip(sids, await asyncio.gather(*(opened(store, s) for s in sids)), strict=True))
+    papers = {s: fresh(sid=s).paper.question_ids for s in sids}
+    for s in sids[:8]:  # these already hold seq 1: sending it again is a duplicate
+        assert (await store.apply(s, epochs[s], answer(1, papers[s][0], "b"))).outcome is Outcome.OK
+    merged = writer.merged
+    results = await asyncio.gather(
+        *(store.apply(s, epochs[s], answer(1, papers[s][0], "c")) for s in sids[:16]),  # DUP for 8, OK for 8
+        *(store.apply(s, epochs[s] - 1, answer(1, papers[s][0])) for s in sids[16:24]),  # an old epoch: FENCED
+        *(store.apply(s, epochs[s], answer(1, papers[s][1], "d")) for s in sids[24:]),  # OK
+        store.apply("f" * 32, 1, answer(1, 1)),  # no such session
+    )
+    assert [r.outcome for r in results] == (
+        [Outcome.DUP] * 8 + [Outcome.OK] * 8 + [Outcome.FENCED] * 8 + [Outcome.OK] * 8 + [Outcome.NO_SESSION]
+    )
+    assert writer.merged - merged >= len(results) // 2  # most rode merged calls (some may have gone alone)
+    for s in sids:
+        loaded = await store.load(s)
+        assert loaded is not None
+        got = {q: a.choice for q, a in loaded.state.answers.items()}
+        if s in sids[:8]:
+            assert got == {papers[s][0]: "b"}  # the duplicate changed nothing
+        elif s in sids[8:16]:
+            assert got == {papers[s][0]: "c"}
+        elif s in sids[16:24]:
+            assert got == {}  # fenced: nothing written
+        else:
+            assert got == {papers[s][1]: "d"}
+
+
+async def test_a_failing_call_in_a_merged_run_spares_the_others(
+    store: RedisSessionStore, writer: CoalescingWriter, redis: Redis
+) -> None:
+    sids = [f"{i:08x}{'1' * 24}" for i in range(1, 11)]
+    epochs = dict(zip(sids, await asyncio.gather(*(opened(store, s) for s in sids)), strict=True))
+    broken = sids[3]
+    ans_key = store.keys.session(broken).ans
+    await redis.delete(ans_key)
+    await redis.set(ans_key, "not a hash")  # its HSET fails with WRONGTYPE inside the merged script
+    papers = {s: fresh(sid=s).paper.question_ids for s in sids}
+    results = await asyncio.gather(
+        *(store.apply(s, epochs[s], answer(1, papers[s][0])) for s in sids), return_exceptions=True
+    )
+    failed = results[sids.index(broken)]
+    assert isinstance(failed, ResponseError) and "WRONGTYPE" in str(failed)
+    assert all(getattr(r, "outcome", None) is Outcome.OK for i, r in enumerate(results) if sids[i] != broken)
+    await redis.delete(ans_key)
+
+
+async def test_merged_calls_survive_script_cache_flush(store: RedisSessionStore, redis: Redis) -> None:
+    sids = [f"{i:08x}{'2' * 24}" for i in range(1, 11)]
+    epochs = dict(zip(sids, await asyncio.gather(*(opened(store, s) for s in sids)), strict=True))
+    await redis.script_flush()  # what a Redis restart does to the script cache: apply_many is gone too
+    results = await asyncio.gather(
+        *(store.apply(s, epochs[s], answer(1, fresh(sid=s).paper.question_ids[0])) for s in sids)
+    )
+    assert all(r.outcome is Outcome.OK for r in results)
 
 
 async def test_only_the_owner_can_take_a_session_over(store: RedisSessionStore) -> None:
