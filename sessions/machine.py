@@ -19,10 +19,11 @@ and is acknowledged again. A rejected command changes nothing, its sequence numb
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
+from typing import NamedTuple
 
 from sessions.anticheat import Level, judge
 from sessions.irt import AdaptiveState
@@ -76,13 +77,75 @@ class Refusal(StrEnum):
 # ---- state ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class SavedAnswer:
+class SavedAnswer(NamedTuple):
     choice: str | None  # None: cleared
     marked: bool
     time_ms: int
     seq: int
     at_ms: int
+
+    def encode(self) -> str:
+        """The compact text a session keeps (Answers) and Redis stores: "choice|marked|time_ms|seq|at_ms"
+        (option ids are letters, digits, _ and -: server/wire.py)."""
+        return f"{self.choice or ''}|{int(self.marked)}|{self.time_ms}|{self.seq}|{self.at_ms}"
+
+    @classmethod
+    def decode(cls, raw: str) -> SavedAnswer:
+        choice, marked, time_ms, seq, at_ms = raw.split("|")
+        return cls(choice or None, marked == "1", int(time_ms), int(seq), int(at_ms))
+
+
+class Answers(Mapping[int, SavedAnswer]):
+    """A session's answers by question id (immutable), kept as their compact text: a dict of ints to strings.
+
+    Every answer makes a new state with a new answers dict (the old state must stay as it was: the write may
+    fail). Holding SavedAnswer objects, each such dict was tracked by Python's cyclic collector, and every pass
+    of its youngest generation walked every session's dict again, all of them new since the last pass: 20-85 ms
+    pauses every few seconds in a hub of 2,000 students at 7,000 answers/s (docs/performance.md, "Garbage
+    collection"). A dict of ints to strings is never tracked, so the collector skips it whole; a SavedAnswer is
+    made when one is read."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: dict[int, str] | None = None) -> None:
+        self._raw: dict[int, str] = {} if raw is None else raw
+
+    @classmethod
+    def of(cls, answers: Mapping[int, SavedAnswer]) -> Answers:
+        if isinstance(answers, Answers):
+            return answers
+        return cls({q: a.encode() for q, a in answers.items()})
+
+    def with_answer(self, question_id: int, saved: SavedAnswer) -> Answers:
+        raw = self._raw.copy()
+        raw[question_id] = saved.encode()
+        return Answers(raw)
+
+    @property
+    def encoded(self) -> Mapping[int, str]:
+        return MappingProxyType(self._raw)
+
+    def __getitem__(self, question_id: int) -> SavedAnswer:
+        return SavedAnswer.decode(self._raw[question_id])
+
+    def __contains__(self, question_id: object) -> bool:
+        return question_id in self._raw
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Answers):
+            return self._raw == other._raw
+        return Mapping.__eq__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Answers({dict(self.items())!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +155,7 @@ class CheatRecord:
     seq: int
 
 
-_EMPTY: Mapping[int, SavedAnswer] = MappingProxyType({})
+_EMPTY = Answers()
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,13 +467,12 @@ def _answered(s: SessionState, question_id: int, saved: SavedAnswer) -> SessionS
     looks the fields up on every call and cost twice this (~4.5 us against ~2.8 us per answer). Every field is
     named, so a field added to SessionState and forgotten here fails to construct (no default for it) or is
     caught by tests/sessions/test_machine.py (test_an_answer_carries_every_other_field)."""
-    answers = dict(s.answers)
-    answers[question_id] = saved
+    answers = Answers.of(s.answers).with_answer(question_id, saved)
     return SessionState(
         id=s.id, user_id=s.user_id, template_id=s.template_id, status=s.status, paper=s.paper,
         duration_ms=s.duration_ms, grace_ms=s.grace_ms, policy=s.policy, deadline_ms=s.deadline_ms,
         remaining_ms=s.remaining_ms, started_ms=s.started_ms, last_seq=saved.seq,
-        answers=MappingProxyType(answers), cheats=s.cheats, violations=s.violations, flagged=s.flagged,
+        answers=answers, cheats=s.cheats, violations=s.violations, flagged=s.flagged,
         finish_reason=s.finish_reason, finished_ms=s.finished_ms, adaptive=s.adaptive,
     )  # fmt: skip
 

@@ -12,7 +12,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -20,6 +19,7 @@ import orjson
 from sessions import irt
 from sessions.machine import (
     Activate,
+    Answers,
     CheatRecord,
     Control,
     Finish,
@@ -98,12 +98,16 @@ class Opened:
 
 
 def encode_answer(a: SavedAnswer) -> str:
-    return f"{a.choice or ''}|{int(a.marked)}|{a.time_ms}|{a.seq}|{a.at_ms}"
+    return a.encode()  # Redis keeps the session's own compact text (sessions.machine.Answers)
 
 
 def decode_answer(raw: str) -> SavedAnswer:
-    choice, marked, time_ms, seq, at_ms = raw.split("|")
-    return SavedAnswer(choice or None, marked == "1", int(time_ms), int(seq), int(at_ms))
+    return SavedAnswer.decode(raw)
+
+
+def _checked_answer(raw: str) -> str:
+    decode_answer(raw)  # a malformed entry fails the load here, not some later read of the state
+    return raw
 
 
 def encode_cheat(c: CheatRecord) -> str:
@@ -203,7 +207,7 @@ def decode_session(
         remaining_ms=_int_or_none(meta.get("remaining_ms")),
         started_ms=_int_or_none(meta.get("started_ms")),
         last_seq=int(meta["last_seq"]),
-        answers=MappingProxyType({int(q): decode_answer(v) for q, v in answers.items()}),
+        answers=Answers({int(q): _checked_answer(v) for q, v in answers.items()}),
         cheats=tuple(decode_cheat(e) for e in events),
         violations=int(meta["violations"]),
         flagged=meta.get("flagged") == "1",

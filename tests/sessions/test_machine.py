@@ -240,3 +240,34 @@ def test_an_answer_carries_every_other_field() -> None:
         else:
             assert getattr(new, f.name) is marks[f.name], f.name
     assert dict(state.answers) == {7: marks["answers"][7]}  # the old state is untouched
+
+
+def test_answers_are_kept_where_the_cyclic_collector_does_not_look() -> None:
+    """Every answer makes a new answers mapping; holding objects, each was one more thing for every pass of the
+    cyclic collector to walk (20-85 ms pauses in a busy hub). Its dict holds ints and strings: never tracked."""
+    import gc
+
+    from sessions.machine import Answers, SavedAnswer
+
+    state = decide(fresh(), Open(), 0).state
+    for seq, q in enumerate(state.paper.question_ids, start=1):
+        state = decide(state, Answer(seq, q, state.paper.option_order[q][0], marked=seq % 2 == 0), 10 + seq).state
+    answers = state.answers
+    assert isinstance(answers, Answers) and len(answers) == len(state.paper.question_ids)
+    assert not gc.is_tracked(answers._raw)
+    first = state.paper.question_ids[0]
+    assert answers[first] == SavedAnswer(state.paper.option_order[first][0], False, 0, 1, 11)
+    assert dict(answers) == {q: answers[q] for q in state.paper.question_ids}  # reads back what was written
+
+
+def test_answers_are_immutable_and_compare_by_content() -> None:
+    from sessions.machine import Answers, SavedAnswer
+
+    a, b = SavedAnswer("a", False, 5, 1, 100), SavedAnswer(None, True, 0, 2, 200)
+    one = Answers.of({1: a})
+    two = one.with_answer(2, b)
+    assert dict(one) == {1: a} and dict(two) == {1: a, 2: b}  # the older mapping is unchanged
+    assert two == {1: a, 2: b} and two == Answers.of({1: a, 2: b}) and two != one
+    assert SavedAnswer.decode(b.encode()) == b and 2 in two and 3 not in two
+    with pytest.raises(KeyError):
+        two[3]
