@@ -137,14 +137,16 @@ class Outbound:
     idle connection holds no task, no event, no buffer and no reference to the last frame it sent (a state frame
     of a 180-question paper is ~60 KB); see docs/performance.md, "Memory per connection"."""
 
-    __slots__ = ("_closer", "_limit", "_queue", "_task", "_transport", "_ws", "overflowed")
+    __slots__ = ("_closer", "_limit", "_queue", "_task", "_unsent", "_ws", "overflowed")
 
     # frames are queued encoded, with their opcode: JSON goes out as the bytes orjson made, sent as a text frame
     # (no decode to str and re-encode to UTF-8: two copies of a ~60 KB state frame per connection)
 
     def __init__(self, ws: web.WebSocketResponse, limit: int, transport: asyncio.BaseTransport | None = None) -> None:
         self._ws = ws
-        self._transport = transport if isinstance(transport, asyncio.WriteTransport) else None
+        # how many bytes the socket's transport still holds unsent (uvloop's transports have the method without
+        # being asyncio.WriteTransport subclasses, so it is looked up, not type-checked)
+        self._unsent: Callable[[], int] | None = getattr(transport, "get_write_buffer_size", None)
         self._limit = limit
         self._queue: deque[tuple[bytes, WSMsgType]] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -154,7 +156,7 @@ class Outbound:
     def put(self, data: bytes, opcode: WSMsgType = WSMsgType.TEXT) -> None:
         if self.overflowed or self._ws.closed:
             return
-        if self._task is None and self._transport is not None and not self._transport.get_write_buffer_size():
+        if self._task is None and self._unsent is not None and not self._unsent():
             self._write_now(data, opcode)
             return
         queue = self._queue

@@ -111,3 +111,36 @@ async def test_a_stuck_peer_is_still_cut_off_when_frames_went_straight_out() -> 
     await asyncio.sleep(0.01)
     assert out.overflowed and ws.closed and ws.close_code == Close.SLOW_CONSUMER
     await out.stop()
+
+
+def test_uvloop_transports_take_the_direct_path() -> None:
+    """The hub runs on uvloop, whose transports are not asyncio.WriteTransport subclasses: the direct write must
+    not depend on that (it once did, and every ack took a task)."""
+    import uvloop
+
+    got: list[bytes] = []
+
+    class Reader(StuckSocket):
+        async def send_frame(self, data: bytes, opcode: int) -> None:
+            got.append(data)
+
+    async def main() -> None:
+        accepted: list[asyncio.StreamWriter] = []
+        server = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        out = Outbound(Reader(), limit=8, transport=writer.transport)  # type: ignore[arg-type]
+        try:
+            assert type(writer.transport).__module__.startswith("uvloop")
+            out.put(b"ack")
+            direct = got == [b"ack"] and out._task is None
+        finally:
+            await out.stop()
+            for w in (writer, *accepted):
+                w.close()
+                await w.wait_closed()
+            server.close()
+            await server.wait_closed()
+        assert direct
+
+    uvloop.run(main())
