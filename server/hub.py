@@ -389,7 +389,8 @@ class StudentConnection:
                     log.warning("session %s: message flood from %s; closing %s", self.sid, self.ip, Close.RATE_LIMITED)
                     await self.close(Close.RATE_LIMITED, "too many messages beyond the rate limit")
                 return
-        await self.handle(to_command(msg), binary, received)
+        async with self.lock:  # (handle()'s body, inlined: one coroutine less to resume per answer)
+            await self._execute(to_command(msg), binary, received)
 
     async def handle(self, command: Command, binary: bool, received: float | None = None) -> None:
         """`received`: perf_counter() when the frame arrived, for the acknowledgement latency metric."""

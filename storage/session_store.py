@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -49,8 +49,7 @@ class Outcome(StrEnum):
     FORBIDDEN = "FORBIDDEN"
 
 
-@dataclass(frozen=True, slots=True)
-class Applied:
+class Applied(NamedTuple):  # one per write: a tuple is ~3x cheaper to make than a frozen dataclass
     outcome: Outcome
     now_ms: int | None = None
     deadline_ms: int | None = None
@@ -243,8 +242,11 @@ def _controlled(raw: Sequence[Any]) -> Applied:
     return Applied(outcome, now)
 
 
+_OUTCOMES = {o.value: o for o in Outcome}  # Outcome(x) through the enum's metaclass costs ~0.4 us a call
+
+
 def _applied(raw: Sequence[Any]) -> Applied:
-    outcome = Outcome(raw[0])
+    outcome = _OUTCOMES[raw[0]]
     now = int(raw[1]) if len(raw) > 1 else None
     if outcome is Outcome.OK and len(raw) > 2:
         return Applied(outcome, now, deadline_ms=int(raw[2]))
