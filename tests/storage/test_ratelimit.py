@@ -156,3 +156,19 @@ def test_settings_read_the_rates_and_name_a_bad_one() -> None:
         Settings.from_env({"EXAMHUB_RATE_REST_USER": "lots"})
     with pytest.raises(SettingsError, match="EXAMHUB_CACHE_WARM_TTL_S"):
         Settings.from_env({"EXAMHUB_CACHE_WARM_TTL_S": "60"})
+
+
+@pytest.mark.parametrize("rate", [Rate(1), Rate(10, 1.0, 20), Rate(3, 60.0, 5), Rate(7, 0.5, 1)])
+def test_the_local_bucket_answers_as_gcra_does(rate: Rate) -> None:
+    """LocalBucket.check() works gcra()'s arithmetic with figures it made once (it runs on every message)."""
+    import random
+
+    rng = random.Random(str(rate))
+    now_ns = 10**12
+    bucket = LocalBucket(rate, clock=lambda: now_ns)
+    tat: int | None = None
+    for _ in range(2000):
+        now_ns += rng.choice([0, 1_000, 50_000, int(rate.interval_ms * 1e6 * rng.random()), 10**9])
+        expected, new_tat = gcra(tat, now_ns // 1000, rate)
+        tat = new_tat if new_tat is not None else tat
+        assert bucket.check() == expected
