@@ -26,7 +26,23 @@ class Config:
     storm_timeout: float = 180.0  # submit storm: give up waiting for PostgreSQL after this many seconds
     # compare: offered answers/s; 500 apart where the knees are, so that a ratio is not an artefact of the grid
     rates: list[float] = field(
-        default_factory=lambda: [1000, 2000, 3000, 4000, 5000, 5500, 6000, 6500, 7000, 7500, 8000, 9000, 10000]
+        default_factory=lambda: [
+            1000,
+            2000,
+            3000,
+            4000,
+            5000,
+            5500,
+            6000,
+            6500,
+            7000,
+            7500,
+            8000,
+            9000,
+            10000,
+            11000,
+            12000,
+        ]
     )
     step: float = 10.0  # compare: seconds per rate step
     database_url: str = DEFAULT_DATABASE_URL

@@ -91,6 +91,21 @@ def test_compare(tmp_path: Path) -> None:
     assert set(r["best_throughput_at_p99_50ms"]) == {"ceiling", "examhub", "http_pg"}
 
 
+@pytest.mark.timeout(300)
+def test_cpu_per_answer() -> None:
+    """The per-process CPU tool of docs/performance.md ("CPU per answer") runs end to end."""
+    proc = subprocess.run([sys.executable, "-m", "loadtest.cpu_per_answer", "--rate", "100", "--seconds", "2",
+                           "--students", "20", "--database-url", ADMIN_URL, "--pg-pool", "5"],
+                          check=False, capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("examhub", "ceiling"):
+        line = next(x for x in proc.stdout.splitlines() if x.startswith(f"{name}:"))
+        assert "errors 0;" in line and "CPU per answer: server" in line, line
+    bad = subprocess.run([sys.executable, "-m", "loadtest.cpu_per_answer", "--rate", "0"],
+                         check=False, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "--rate" in bad.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
