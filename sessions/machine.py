@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from types import MappingProxyType
 from typing import NamedTuple
 
 from sessions.anticheat import Level, judge
@@ -120,10 +119,6 @@ class Answers(Mapping[int, SavedAnswer]):
         raw = self._raw.copy()
         raw[question_id] = saved.encode()
         return Answers(raw)
-
-    @property
-    def encoded(self) -> Mapping[int, str]:
-        return MappingProxyType(self._raw)
 
     def __getitem__(self, question_id: int) -> SavedAnswer:
         return SavedAnswer.decode(self._raw[question_id])
