@@ -96,16 +96,8 @@ class Opened:
 # ---- encoding ------------------------------------------------------------------------------------------
 
 
-def encode_answer(a: SavedAnswer) -> str:
-    return a.encode()  # Redis keeps the session's own compact text (sessions.machine.Answers)
-
-
-def decode_answer(raw: str) -> SavedAnswer:
-    return SavedAnswer.decode(raw)
-
-
 def _checked_answer(raw: str) -> str:
-    decode_answer(raw)  # a malformed entry fails the load here, not some later read of the state
+    SavedAnswer.decode(raw)  # a malformed entry fails the load here, not some later read of the state
     return raw
 
 
@@ -394,7 +386,7 @@ class RedisSessionStore:
             case Activate():
                 head = ["activate", sid, epoch, ""]
             case SaveAnswer(seq=seq, question_id=qid, answer=answer, step=step):
-                head = ["answer", sid, epoch, seq, qid, encode_answer(answer)]
+                head = ["answer", sid, epoch, seq, qid, answer.encode()]  # the session's own compact text (Answers)
                 if step is not None:  # adaptive: the posterior, the grown paper and the end, in the same write
                     head += [_compact(step.paper.to_json()), _compact(irt.dump(step.adaptive)),
                              step.finish.value if step.finish else ""]  # fmt: skip

@@ -135,6 +135,8 @@ class CoalescingWriter:
                     _settle(c, exc=StorageUnavailable(f"redis: {result}") if _transient(result) else result)
             elif len(unit) == 1:
                 _settle(unit[0], result=result)
+            elif not isinstance(result, list) or len(result) != len(unit):  # never let a bad reply end the writer
+                _fail(unit, ResponseError(f"{len(unit)} merged calls got the reply {str(result)[:80]!r}"))
             else:
                 for c, reply in zip(unit, result, strict=True):
                     if isinstance(reply, Exception):

@@ -246,3 +246,31 @@ async def test_a_burst_of_creates_needs_no_pooled_connection_each(prefix: str) -
     finally:
         await writer.close()
         await small.aclose()
+
+
+async def test_a_malformed_merged_reply_fails_its_callers_and_the_writer_goes_on(
+    redis: Redis, store: RedisSessionStore, prefix: str
+) -> None:
+    """A merged call whose reply is not one reply per caller (a broken apply_many) fails those callers with an
+    error; it must not end the writer's task, or every later write would wait for ever."""
+    from dataclasses import replace
+
+    from storage.scripts import Script
+
+    sids = [f"{i:08x}{'3' * 24}" for i in range(1, 5)]
+    epochs = dict(zip(sids, await asyncio.gather(*(opened(store, s) for s in sids)), strict=True))
+    scripts = Scripts.load()
+    broken = replace(scripts, apply_many=Script("apply_many", "return {'OK'}"))
+    writer = CoalescingWriter(redis, broken)
+    await writer.start()
+    try:
+        bad = RedisSessionStore(redis, writer, broken, Keys(prefix), created_ttl_s=60)
+        calls = (bad.apply(s, epochs[s], answer(1, fresh(sid=s).paper.question_ids[0])) for s in sids)
+        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+        assert writer.merged >= 2
+        assert any(isinstance(r, ResponseError) for r in results)
+        assert all(isinstance(r, ResponseError) or r.outcome is Outcome.OK for r in results)  # type: ignore[union-attr]
+        later = await asyncio.wait_for(bad.leave(sids[0], epochs[sids[0]]), 5)  # the writer still runs
+        assert later is None
+    finally:
+        await writer.close()
