@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import re
 import resource
 import sys
 from typing import Any
@@ -26,16 +27,30 @@ from loadtest.driver import Latencies, tree_cpu_s
 from loadtest.scenarios import _settle_gc, servers
 
 
-def _pid_listening(port: str) -> int | None:
+def _pid_of(pattern: bytes) -> int | None:
+    """The process whose command line (NUL-separated, from /proc) matches the pattern."""
+    mark = re.compile(pattern)
     for p in os.listdir("/proc"):
         if p.isdigit():
             try:
                 with open(f"/proc/{p}/cmdline", "rb") as f:
-                    if f"127.0.0.1:{port}".encode() in f.read():
-                        return int(p)
+                    line = f.read()
             except OSError:
                 continue
+            if mark.search(line):
+                return int(p)
     return None
+
+
+def _redis_pid(url: str) -> int | None:
+    """redis-server shows itself as `[path/]redis-server 127.0.0.1:PORT` (the ceiling's --redis-url names it too)."""
+    port = url.rsplit(":", 1)[1].split("/", maxsplit=1)[0]
+    return _pid_of(rb"^[^\x00]*redis-server [^\x00]*:" + port.encode() + rb"(?!\d)")
+
+
+def _baseline_pid(url: str) -> int | None:
+    """A baseline is started with --port PORT (loadtest.driver.baseline_process)."""
+    return _pid_of(rb"\x00--port\x00" + url.rsplit(":", 1)[1].encode() + rb"\x00")
 
 
 def _self_cpu_s() -> float:
@@ -49,8 +64,8 @@ async def measure(rate: float, seconds: float, targets: list[str], cfg: Config) 
     gc.set_threshold(100_000, 50, 1000)  # as the runner: the driver's own pauses would count as latency
     students = cfg.students
     async with servers(cfg) as hub, driver.baseline_process("ceiling", "--redis-url", hub.redis_url) as ceiling_url:
-        redis_pid = _pid_listening(hub.redis_url.rsplit(":", 1)[1].split("/")[0])
-        ceiling_pid = _pid_listening(ceiling_url.rsplit(":", 1)[1]) or 0
+        redis_pid = _redis_pid(hub.redis_url)
+        ceiling_pid = _baseline_pid(ceiling_url) or 0
         made: dict[str, tuple[Any, int]] = {
             "examhub": (driver.ExamhubTarget(hub, cfg.template), hub.pid),
             "ceiling": (driver.CeilingTarget(ceiling_url), ceiling_pid),

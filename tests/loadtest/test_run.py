@@ -9,6 +9,7 @@ are not asserted (they belong to the recorded runs); a missed timing target only
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from loadtest.cpu_per_answer import _redis_pid
 from tests.conftest import ADMIN_URL
 
 STUDENTS = "200"
@@ -100,7 +102,13 @@ def test_cpu_per_answer() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("examhub", "ceiling"):
         line = next(x for x in proc.stdout.splitlines() if x.startswith(f"{name}:"))
-        assert "errors 0;" in line and "CPU per answer: server" in line, line
+        assert "errors 0;" in line, line
+        cpu = re.search(r"CPU per answer: server (\d+) us, redis (\d+) us, driver (\d+) us", line)
+        assert cpu is not None and int(cpu[1]) > 0 and int(cpu[3]) > 0, line  # the server's process was found
+    # (Redis' share of 200 answers is below /proc's 10 ms tick; its process is found as:)
+    pid = _redis_pid("redis://127.0.0.1:6379/0")
+    assert pid is not None and Path(f"/proc/{pid}/comm").read_text().strip() == "redis-server"
+    assert _redis_pid("redis://127.0.0.1:637/0") is None
     bad = subprocess.run([sys.executable, "-m", "loadtest.cpu_per_answer", "--rate", "0"],
                          check=False, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "--rate" in bad.stderr
