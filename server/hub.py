@@ -25,7 +25,6 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
@@ -469,7 +468,7 @@ class StudentConnection:
         match applied.outcome:
             case Outcome.OK:
                 if isinstance(write, Activate) and applied.deadline_ms is not None:
-                    self.state = replace(decision.state, deadline_ms=applied.deadline_ms, started_ms=applied.now_ms)
+                    self.state = decision.state._replace(deadline_ms=applied.deadline_ms, started_ms=applied.now_ms)
                     return False  # adopted with Redis' deadline; Activate has no effects to send
                 return True
             case Outcome.DUP:

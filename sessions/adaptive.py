@@ -81,14 +81,14 @@ def advance(
         following, after = None, replace(after, pending=None, done=True)  # retired since: end rather than fail
     if following is None:
         reason = FinishReason.COMPLETED
-        ended = replace(state, adaptive=after, status=reason.status, finish_reason=reason,
-                        finished_ms=write.answer.at_ms)  # fmt: skip
+        ended = state._replace(adaptive=after, status=reason.status, finish_reason=reason,
+                                finished_ms=write.answer.at_ms)  # fmt: skip
         step = AdaptiveStep(after, state.paper, reason)
         return Decision(ended, (Ack(write.seq), Finished(Status.SUBMITTED, reason)), replace(write, step=step))
     order = dict(state.paper.option_order)
     order[following] = option_order(questions[following], state.id, shuffle)
     paper = Paper((*state.paper.question_ids, following), MappingProxyType(order))
-    grown = replace(state, adaptive=after, paper=paper)
+    grown = state._replace(adaptive=after, paper=paper)
     return Decision(grown, (Ack(write.seq), NextItem(following)), replace(write, step=AdaptiveStep(after, paper)))
 
 

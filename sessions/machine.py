@@ -20,7 +20,7 @@ and is acknowledged again. A rejected command changes nothing, its sequence numb
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -153,8 +153,12 @@ class CheatRecord:
 _EMPTY = Answers()
 
 
-@dataclass(frozen=True, slots=True)
-class SessionState:
+class SessionState(NamedTuple):
+    """One attempt's whole state, immutable: every decision makes a new one (the old must stay as it was, since
+    its write may fail). A NamedTuple, not a frozen dataclass: a new state per answer costs ~0.5 us so (see
+    _answered) against ~2.5 us for a frozen dataclass of 19 fields, which sets each through object.__setattr__.
+    Change a state with `state._replace(...)`."""
+
     id: str
     user_id: str
     template_id: int
@@ -167,7 +171,7 @@ class SessionState:
     remaining_ms: int | None = None  # while paused: the time left when the clock stopped
     started_ms: int | None = None
     last_seq: int = 0
-    answers: Mapping[int, SavedAnswer] = field(default_factory=lambda: _EMPTY)
+    answers: Mapping[int, SavedAnswer] = _EMPTY
     cheats: tuple[CheatRecord, ...] = ()
     violations: int = 0
     flagged: bool = False
@@ -378,8 +382,7 @@ class Control:
 Write = SaveAnswer | RecordCheat | Finish | Activate | Control
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):  # one per message: a tuple is ~2x cheaper to make than a frozen dataclass
     state: SessionState
     effects: tuple[Effect, ...] = ()
     write: Write | None = None
@@ -409,7 +412,7 @@ def decide(state: SessionState, command: Command, now_ms: int) -> Decision:
 
 def _open(state: SessionState, now_ms: int) -> Decision:
     if state.status is Status.CREATED:
-        opened = replace(state, status=Status.ACTIVE, started_ms=now_ms, deadline_ms=now_ms + state.duration_ms)
+        opened = state._replace(status=Status.ACTIVE, started_ms=now_ms, deadline_ms=now_ms + state.duration_ms)
         return Decision(opened, (), Activate())
     if state.overdue(now_ms):
         return _finish(state, None, FinishReason.TIMEOUT, now_ms, ())
@@ -458,25 +461,21 @@ def _answer(state: SessionState, cmd: Answer, now_ms: int) -> Decision:
 
 
 def _answered(s: SessionState, question_id: int, saved: SavedAnswer) -> SessionState:
-    """`s` with one more answer and its sequence number. The answer path, so spelled out: dataclasses.replace()
-    looks the fields up on every call and cost twice this (~4.5 us against ~2.8 us per answer). Every field is
-    named, so a field added to SessionState and forgotten here fails to construct (no default for it) or is
-    caught by tests/sessions/test_machine.py (test_an_answer_carries_every_other_field)."""
+    """`s` with one more answer and its sequence number. The answer path, so built as a tuple from `s`'s own
+    fields around the two that change (~0.5 us; `_replace` ~1.1 us): every other field comes through as it was,
+    whatever is added later (tests/sessions/test_machine.py, test_an_answer_carries_every_other_field)."""
     answers = Answers.of(s.answers).with_answer(question_id, saved)
-    return SessionState(
-        id=s.id, user_id=s.user_id, template_id=s.template_id, status=s.status, paper=s.paper,
-        duration_ms=s.duration_ms, grace_ms=s.grace_ms, policy=s.policy, deadline_ms=s.deadline_ms,
-        remaining_ms=s.remaining_ms, started_ms=s.started_ms, last_seq=saved.seq,
-        answers=answers, cheats=s.cheats, violations=s.violations, flagged=s.flagged,
-        finish_reason=s.finish_reason, finished_ms=s.finished_ms, adaptive=s.adaptive,
-    )  # fmt: skip
+    return SessionState._make((*s[:_LAST_SEQ], saved.seq, answers, *s[_ANSWERS + 1 :]))
+
+
+_LAST_SEQ, _ANSWERS = SessionState._fields.index("last_seq"), SessionState._fields.index("answers")
+assert _ANSWERS == _LAST_SEQ + 1, "_answered replaces last_seq and answers as one run of fields"
 
 
 def _report(state: SessionState, cmd: Report, now_ms: int) -> Decision:
     verdict = judge(state.policy, cmd.kind, state.violations, state.flagged)
     record = CheatRecord(cmd.kind, now_ms, cmd.seq)
-    new = replace(
-        state,
+    new = state._replace(
         cheats=(*state.cheats, record),
         violations=verdict.violations,
         flagged=state.flagged or verdict.flag,
@@ -498,7 +497,7 @@ def _refuse(state: SessionState, seq: int, code: Refusal, message: str) -> Decis
 
 
 def _finished_state(state: SessionState, reason: FinishReason, now_ms: int) -> SessionState:
-    return replace(state, status=reason.status, finish_reason=reason, finished_ms=now_ms)
+    return state._replace(status=reason.status, finish_reason=reason, finished_ms=now_ms)
 
 
 def _finish(
@@ -506,7 +505,7 @@ def _finish(
 ) -> Decision:
     new = _finished_state(state, reason, now_ms)
     if seq is not None:
-        new = replace(new, last_seq=seq)
+        new = new._replace(last_seq=seq)
     return Decision(new, (*before, Finished(reason.status, reason)), Finish(seq, reason))
 
 
@@ -528,7 +527,7 @@ def _proctor(state: SessionState, command: ProctorCommand, now_ms: int) -> Decis
                     state, Refusal.NOT_ACTIVE, f"only an active session can be paused, not {state.status.value}"
                 )
             left = max(0, state.deadline_ms - now_ms)
-            paused = replace(state, status=Status.PAUSED, remaining_ms=left)
+            paused = state._replace(status=Status.PAUSED, remaining_ms=left)
             return Decision(paused, (ClockChanged(Status.PAUSED, left, None),), Control("pause"))
         case Resume():
             if state.status is not Status.PAUSED:
@@ -536,7 +535,7 @@ def _proctor(state: SessionState, command: ProctorCommand, now_ms: int) -> Decis
                     state, Refusal.NOT_ACTIVE, f"only a paused session can be resumed, not {state.status.value}"
                 )
             left = state.remaining_ms or 0
-            resumed = replace(state, status=Status.ACTIVE, deadline_ms=now_ms + left, remaining_ms=None)
+            resumed = state._replace(status=Status.ACTIVE, deadline_ms=now_ms + left, remaining_ms=None)
             return Decision(resumed, (ClockChanged(Status.ACTIVE, left, now_ms + left),), Control("resume"))
         case Extend(delta_ms=delta, credit=credit):
             return _extend(state, delta, now_ms, credit)
@@ -549,21 +548,21 @@ def _proctor(state: SessionState, command: ProctorCommand, now_ms: int) -> Decis
                 )
             return _finish(state, None, FinishReason.FORCED, now_ms, ())
         case SetFlag(flagged=flag):
-            return Decision(replace(state, flagged=flag), (FlagChanged(flag),), Control("flag", flagged=flag))
+            return Decision(state._replace(flagged=flag), (FlagChanged(flag),), Control("flag", flagged=flag))
 
 
 def _extend(state: SessionState, delta: int, now_ms: int, credit: bool = False) -> Decision:
     match state.status:
         case Status.CREATED:
-            new = replace(state, duration_ms=max(1000, state.duration_ms + delta))
+            new = state._replace(duration_ms=max(1000, state.duration_ms + delta))
             effect = ClockChanged(Status.CREATED, new.duration_ms, None)
         case Status.PAUSED:
-            new = replace(state, remaining_ms=max(0, (state.remaining_ms or 0) + delta))
+            new = state._replace(remaining_ms=max(0, (state.remaining_ms or 0) + delta))
             effect = ClockChanged(Status.PAUSED, new.remaining_ms or 0, None)
         case _:
             assert state.deadline_ms is not None
             deadline = max(now_ms, state.deadline_ms + delta)  # shortening never reaches into the past
-            new = replace(state, deadline_ms=deadline)
+            new = state._replace(deadline_ms=deadline)
             effect = ClockChanged(Status.ACTIVE, deadline - now_ms, deadline)
     return Decision(new, (effect,), Control("credit" if credit else "extend", delta_ms=delta))
 

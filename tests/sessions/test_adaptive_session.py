@@ -3,8 +3,6 @@ item answerable, the posterior carried in the state, the test ending itself when
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
@@ -148,7 +146,7 @@ def test_pretest_items_are_given_but_not_scored() -> None:
     bank = irt.Bank.build(ITEMS, None, [99])
     rules = irt.AdaptiveConfig(target_se=0.5, min_items=3, max_items=6, pretest_positions=frozenset({2}))
     paper, st = adaptive.begin(bank, rules, questions, "p")
-    state = decide(replace(opened(), paper=paper, adaptive=st, id="p"), Open(), 1_000).state
+    state = decide(opened()._replace(paper=paper, adaptive=st, id="p"), Open(), 1_000).state
     seq = 0
     while not state.status.finished:
         seq += 1

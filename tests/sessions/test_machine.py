@@ -223,22 +223,21 @@ def test_score_stays_within_bounds(cmds: list[object], wrong: int, right: int) -
 def test_an_answer_carries_every_other_field() -> None:
     """The answer path builds its new state field by field (machine._answered, for speed): every other field of
     SessionState, whatever is added later, must come through unchanged."""
-    from dataclasses import fields
-
     from sessions.machine import SavedAnswer, SessionState, _answered
 
-    marks = {f.name: object() for f in fields(SessionState)}  # a distinct value per field, none a default
+    marks = {name: object() for name in SessionState._fields}  # a distinct value per field, none a default
     marks["answers"] = {7: SavedAnswer("a", False, 1, 1, 1)}
     state = SessionState(**marks)  # type: ignore[arg-type]
     saved = SavedAnswer("b", True, 2, 9, 3)
     new = _answered(state, 8, saved)
-    for f in fields(SessionState):
-        if f.name == "answers":
+    assert type(new) is SessionState and len(new) == len(SessionState._fields)
+    for name in SessionState._fields:
+        if name == "answers":
             assert dict(new.answers) == {7: marks["answers"][7], 8: saved}
-        elif f.name == "last_seq":
+        elif name == "last_seq":
             assert new.last_seq == 9
         else:
-            assert getattr(new, f.name) is marks[f.name], f.name
+            assert getattr(new, name) is marks[name], name
     assert dict(state.answers) == {7: marks["answers"][7]}  # the old state is untouched
 
 
