@@ -25,8 +25,9 @@ LABELS = {"examhub": "examhub", "ceiling": "ceiling (bare WS + Redis)", "http_pg
 
 
 def series(doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Per target, its points by offered rate: each rate's medians over its trials (older runs: their one row)."""
     out: dict[str, list[dict[str, Any]]] = {}
-    for row in doc["result"]["rows"]:
+    for row in doc["result"].get("steps") or doc["result"]["rows"]:
         if row["p99_ms"] is not None:
             out.setdefault(row["target"], []).append(row)
     return {k: sorted(v, key=lambda r: r["offered_rate"]) for k, v in out.items()}

@@ -111,16 +111,30 @@ def to_markdown(doc: dict[str, Any]) -> str:
         "",
         "| Figure | Value |",
         "|---|---|",
-        *(f"| {k} | {v} |" for k, v in r.items() if k != "rows"),
+        *(f"| {k} | {v} |" for k, v in r.items() if k not in ("rows", "steps")),
     ]
+    if "steps" in r:
+        lines += [
+            "",
+            f"Each rate per target: up to {r['trials']} trials of {r['step_s']:g} s; it counts when most meet the"
+            " target (medians of its trials):",
+            "",
+            "| Target | Offered /s | Trials | Met | Counts | Throughput /s | p50 ms | p99 ms |",
+            "|---|---:|---:|---:|---|---:|---:|---:|",
+            *(
+                f"| {x['target']} | {x['offered_rate']:g} | {x['trials']} | {x['met']} | "
+                f"{'yes' if x['counts'] else 'no'} | {x['throughput']} | {x['p50_ms']} | {x['p99_ms']} |"
+                for x in r["steps"]
+            ),
+        ]
     if "rows" in r:
         lines += [
             "",
-            "| Target | Offered /s | Throughput /s | p50 ms | p95 ms | p99 ms | max ms | Errors |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| Target | Offered /s | Trial | Throughput /s | p50 ms | p95 ms | p99 ms | max ms | Errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
             *(
-                f"| {x['target']} | {x['offered_rate']:g} | {x['throughput']} | {x['p50_ms']} | {x['p95_ms']} | "
-                f"{x['p99_ms']} | {x['max_ms']} | {x['errors']} |"
+                f"| {x['target']} | {x['offered_rate']:g} | {x.get('trial', 1)} | {x['throughput']} | {x['p50_ms']} | "
+                f"{x['p95_ms']} | {x['p99_ms']} | {x['max_ms']} | {x['errors']} |"
                 for x in r["rows"]
             ),
         ]
@@ -156,7 +170,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storm-timeout", type=float, default=d.storm_timeout,
                    help="submit-storm: stop waiting for PostgreSQL after this many s")  # fmt: skip
     p.add_argument("--rates", default=",".join(f"{x:g}" for x in d.rates), help="compare: offered answers/s steps")
-    p.add_argument("--step", type=float, default=d.step, help="compare: seconds per step and target")
+    p.add_argument("--step", type=float, default=d.step, help="compare: seconds per trial of a rate and target")
+    p.add_argument("--trials", type=int, default=d.trials,
+                   help="compare: a rate counts when most of up to this many trials meet it (1: one)")  # fmt: skip
     p.add_argument("--database-url", default=d.database_url,
                    help="a PostgreSQL server; each run creates and drops a database of its own there")  # fmt: skip
     p.add_argument("--redis-url", help="default: a durable redis-server of the run's own")
@@ -174,6 +190,8 @@ def config(p: argparse.ArgumentParser, args: argparse.Namespace) -> Config:
         p.error("--students must be in 1..20000")
     if not 0 < args.duration <= 600 or not 0 < args.step <= 120:
         p.error("--duration must be in (0, 600] s and --step in (0, 120] s")
+    if not 1 <= args.trials <= 9:
+        p.error("--trials must be in 1..9")
     if not 1 <= args.pg_pool <= 200:
         p.error("--pg-pool must be in 1..200")
     if not -20 <= args.nice <= 19:
@@ -193,7 +211,7 @@ def config(p: argparse.ArgumentParser, args: argparse.Namespace) -> Config:
     return Config(students=args.students, workers=args.workers, rate=args.rate, duration=args.duration,
                   warmup=args.warmup, template=args.template, msgpack=args.msgpack, proctors=args.proctors,
                   window=args.window, pipeline=args.pipeline, answers=args.answers,
-                  storm_timeout=args.storm_timeout, rates=rates, step=args.step,
+                  storm_timeout=args.storm_timeout, rates=rates, step=args.step, trials=args.trials,
                   database_url=args.database_url, redis_url=args.redis_url, nice=args.nice,
                   pg_pool=args.pg_pool, redis_fsync=args.redis_fsync)  # fmt: skip
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from loadtest.cpu_per_answer import _redis_pid
+from loadtest.scenarios import majority
 from tests.conftest import ADMIN_URL
 
 STUDENTS = "200"
@@ -91,6 +92,36 @@ def test_compare(tmp_path: Path) -> None:
         assert row["errors"] == 0 and row["acked"] > 0, row
         assert_latencies(row)
     assert set(r["best_throughput_at_p99_50ms"]) == {"ceiling", "examhub", "http_pg"}
+    # every rate got a verdict per target from its trials (2 of 3 decide when both meet the target)
+    assert {(s["target"], s["offered_rate"]) for s in r["steps"]} == {
+        (t, rate) for t in ("ceiling", "examhub", "http_pg") for rate in (100, 200)
+    }
+    for step in r["steps"]:
+        trials = [x for x in r["rows"] if (x["target"], x["offered_rate"]) == (step["target"], step["offered_rate"])]
+        assert step["trials"] == len(trials) and step["met"] == sum(x["met"] for x in trials)
+        assert 2 <= step["trials"] <= 3 and step["counts"] == (step["met"] >= 2)
+    assert r["first_trials_only"]["best"].keys() == r["best_throughput_at_p99_50ms"].keys()
+
+
+@pytest.mark.parametrize(
+    ("met", "verdict"),
+    [
+        ([], None),
+        ([True], None),
+        ([False], None),
+        ([True, True], True),
+        ([False, False], False),
+        ([True, False], None),
+        ([True, False, True], True),
+        ([False, True, False], False),
+    ],
+)
+def test_a_rate_counts_when_most_trials_meet_the_target(met: list[bool], verdict: bool | None) -> None:
+    assert majority([{"met": m} for m in met], of=3) is verdict
+
+
+def test_one_trial_decides_alone() -> None:
+    assert majority([{"met": True}], of=1) is True and majority([{"met": False}], of=1) is False
 
 
 @pytest.mark.timeout(300)
