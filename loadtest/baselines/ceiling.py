@@ -27,10 +27,12 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.connection import Connection
+from redis.exceptions import RedisError, ResponseError
 
 from loadtest.baselines import serve_until_signal
 
@@ -53,6 +55,7 @@ class Coalescer:
 
     def __init__(self, redis: Redis, ttl_s: int, max_batch: int = 1000) -> None:
         self._redis = redis
+        self._conn: Connection | None = None
         self._ttl_s = ttl_s
         self._max_batch = max_batch
         self._pending: list[_Write] = []
@@ -69,6 +72,8 @@ class Coalescer:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._conn is not None:
+            await self._conn.disconnect()
 
     def save(self, key: str, field: str, value: str) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -88,13 +93,10 @@ class Coalescer:
     async def _execute(self, batch: list[_Write]) -> None:
         self.batches += 1
         self.writes += len(batch)
-        pipe = self._redis.pipeline(transaction=False)
-        for w in batch:
-            pipe.hset(w.key, w.field, w.value)
-        for key in {w.key for w in batch}:
-            pipe.expire(key, self._ttl_s)  # once per key and batch: the TTL costs no extra round trip
+        commands: list[tuple[str | int, ...]] = [("HSET", w.key, w.field, w.value) for w in batch]
+        commands += [("EXPIRE", key, self._ttl_s) for key in {w.key for w in batch}]  # a TTL, no extra round trip
         try:
-            await pipe.execute()
+            await self._round_trip(commands)
             error: Exception | None = None
         except (RedisError, OSError, TimeoutError) as exc:
             error = exc
@@ -105,6 +107,21 @@ class Coalescer:
                 w.future.set_result(None)
             else:
                 w.future.set_exception(error)
+
+    async def _round_trip(self, commands: list[tuple[str | int, ...]]) -> None:
+        """As storage/writer.py's: one write of the packed commands, then their replies (an error reply raises)."""
+        if self._conn is None:
+            self._conn = self._redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        conn = self._conn
+        await conn.send_packed_command(b"".join([hiredis.pack_command(c) for c in commands]))  # type: ignore[arg-type]
+        failed: ResponseError | None = None
+        for _ in commands:
+            try:
+                await conn.read_response()
+            except ResponseError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
 
 class Ceiling:

@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from storage.embedded import free_port
+from storage.embedded import EmbeddedRedis, free_port
 from tests.conftest import REDIS_URL
 
 
@@ -102,6 +102,31 @@ async def test_ceiling_bad_input(redis: Redis, prefix: str, http: aiohttp.Client
         assert json.loads((await ws.receive(timeout=5)).data) == {"type": "ack", "seq": 5}
         await ws.close()
     assert await redis.hgetall(f"{prefix}:{{bad}}:ans") == {"7": "B|5"}
+
+
+async def test_ceiling_reports_a_lost_redis_and_reconnects(http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """Redis killed between answers: the answer in flight gets `unavailable`, never an ack; once Redis is back on its
+    port, the writer's connection is made again and the next answer is saved and acked."""
+    store = EmbeddedRedis(tmp_path / "redis", port=free_port())
+    url = store.start()
+    try:
+        with server("ceiling", "--redis-url", url, log_path=tmp_path / "ceiling.log") as ceiling:
+            ws = await http.ws_connect(f"{ceiling}/ws?student=s1")
+            await ws.send_str(json.dumps({"type": "answer", "seq": 1, "q": 1, "choice": "A"}))
+            assert json.loads((await ws.receive(timeout=5)).data) == {"type": "ack", "seq": 1}
+            store.kill()
+            await ws.send_str(json.dumps({"type": "answer", "seq": 2, "q": 2, "choice": "B"}))
+            reply = json.loads((await ws.receive(timeout=10)).data)
+            assert reply["type"] == "error" and reply["code"] == "unavailable" and reply["seq"] == 2, reply
+            store.start()  # the same port, the same append-only file
+            await ws.send_str(json.dumps({"type": "answer", "seq": 3, "q": 3, "choice": "C"}))
+            assert json.loads((await ws.receive(timeout=10)).data) == {"type": "ack", "seq": 3}
+            await ws.close()
+        redis = Redis.from_url(url, decode_responses=True)
+        assert await redis.hgetall("ceiling:{s1}:ans") == {"1": "A|1", "3": "C|3"}
+        await redis.aclose()
+    finally:
+        store.stop()
 
 
 async def test_http_pg_acks_only_committed_answers(own_database_url: str, http: aiohttp.ClientSession,
