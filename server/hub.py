@@ -427,30 +427,34 @@ class StudentConnection:
                 if self.closing:
                     return
                 continue
-            if not await self._reconcile(decision, decision.write, applied, binary):
+            # (an answer's usual outcome, OK, stands without a coroutine for _reconcile)
+            reconcile = applied.outcome is not Outcome.OK or isinstance(decision.write, Activate)
+            if reconcile and not await self._reconcile(decision, decision.write, applied, binary):
                 return
             break
         else:
             return
-        self.state = decision.state
-        self.s.rooms.touch(decision.state.template_id, self.sid)
+        self.state = state = decision.state
+        self.s.rooms.touch(state.template_id, self.sid)
         now = self.now_ms()
+        finished = False
         for effect in decision.effects:
             if isinstance(effect, NextItem):
                 question = self.adaptive[2][effect.question_id] if self.adaptive else None
                 if question is not None:
                     self.questions[question.id] = question
-                    self.send(frames.item_frame(decision.state, question), binary)
+                    self.send(frames.item_frame(state, question), binary)
                 continue
+            finished = finished or isinstance(effect, Finished)
             frame = frames.effect_frame(effect, now)
             if frame is not None:
                 self.send(frame, binary)
                 if received is not None and decision.write is not None and isinstance(effect, Ack):
-                    self.s.metrics.ack_latency.observe(time.perf_counter() - received)
+                    self.s.metrics.acked(time.perf_counter() - received)
                     if self.s.settings.crash_point is not None:
                         await self.out.flush()  # the ack is on the wire before the crash point is reached
                         crash_point(self.s, "after_ack")
-        if any(isinstance(e, Finished) for e in decision.effects):
+        if finished:
             await self._finished()
 
     async def _unavailable(self, seq: int | None, binary: bool, exc: Exception) -> None:

@@ -14,12 +14,14 @@ from typing import Any
 
 import aiohttp
 import msgpack
+import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from server.settings import Durability, Settings
-from server.wire import AnswerMsg, EventMsg, HeartbeatMsg, SubmitMsg, WireError, decode, encode, to_command
+from server.wire import _ADAPTER, AnswerMsg, EventMsg, HeartbeatMsg, SubmitMsg, WireError, decode, encode, to_command
 from tests.conftest import REDIS_URL
 from tests.security.budget import EXAMPLES
 from tests.security.live import LiveHub, live_hub
@@ -93,6 +95,39 @@ def check_decoded(data: str | bytes) -> bool:
 @example(b"\x91" * 60_000)
 def test_the_decoder_raises_only_protocol_errors(data: str | bytes) -> None:
     check_decoded(data)
+
+
+def long_way(text: str) -> AnswerMsg | EventMsg | HeartbeatMsg | SubmitMsg | None:
+    """What decode() accepted before its one-pass JSON path: orjson's parse, then the model; None: refused."""
+    try:
+        obj = orjson.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    try:
+        return _ADAPTER.validate_python(obj)
+    except ValidationError:
+        return None
+
+
+@settings(max_examples=EXAMPLES * 10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(json_frames | st.builds(lambda t, rest: json.dumps({"type": t, **rest}), st.sampled_from(TYPES[:4]),
+                                 st.fixed_dictionaries({"seq": st.integers(-1, 3), "q": st.integers(-1, 2**64)},
+                                                       optional={"choice": st.text(max_size=3) | st.none(),
+                                                                 "marked": st.booleans() | st.integers(0, 1),
+                                                                 "time_ms": st.integers(-1, 10) | st.floats(),
+                                                                 "kind": st.sampled_from(["blur", "x"])})))  # fmt: skip
+@example('{"type":"answer","seq":1,"q":2,"choice":"A","seq":0}')  # a repeated key: the last one counts in both
+@example('{"type":"answer","seq":1,"q":2,"choice":"A\\ud800"}')  # a lone surrogate
+@example('{"type":"answer","seq":1.0,"q":2,"choice":"A"}')
+@example('{"type":"answer","seq":1,"q":18446744073709551616,"choice":"A"}')  # beyond 64 bits
+def test_the_one_pass_json_path_accepts_exactly_what_the_long_way_does(text: str) -> None:
+    try:
+        msg = decode(text)
+    except WireError:
+        msg = None
+    assert msg == long_way(text)
 
 
 @settings(max_examples=EXAMPLES * 10, deadline=None)
