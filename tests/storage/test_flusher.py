@@ -151,3 +151,39 @@ async def test_two_lanes_store_every_attempt_once(pool: pg.Pool, redis: Redis, s
     attempts, responses, events, _ = await counts(pool, sids)
     assert (attempts, responses, events) == (12, 12 * 10, 12)  # a row per question of each 10-question paper
     assert await outbox_total(redis, store) == 0
+
+
+async def test_an_idle_flusher_polls_less_and_resets_on_work(
+    pool: pg.Pool, redis: Redis, store: RedisSessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing to flush: the wait after each empty pass doubles from idle_sleep_s up to max_idle_sleep_s (every pass
+    reads all 16 outboxes); a pass that flushes something brings it back to idle_sleep_s. (The waits the flusher asks
+    for are recorded; nothing here depends on the machine's speed.)"""
+    flusher = make_flusher(redis, pool, store, "idle", idle_sleep_s=0.05, max_idle_sleep_s=0.4)
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await real_sleep(0.01)
+
+    monkeypatch.setattr("storage.flusher.asyncio.sleep", sleep)
+    task = asyncio.create_task(flusher.run())
+    try:
+        while len(waits) < 6:
+            await real_sleep(0.01)
+        assert waits[:6] == [0.05, 0.1, 0.2, 0.4, 0.4, 0.4]
+        seen = len(waits)
+        sid, _ = await finished_session(pool, store)
+        while not (await counts(pool, [sid]))[0]:
+            await real_sleep(0.01)
+        while 0.05 not in waits[seen:] or len(waits) - waits.index(0.05, seen) < 3:
+            await real_sleep(0.01)
+        after = waits[seen:]
+        assert set(after[: after.index(0.05)]) <= {0.4}, after  # idle until the attempt came, then starts over
+        assert after[after.index(0.05) :][:3] == [0.05, 0.1, 0.2], after
+    finally:
+        while not task.done():  # (a cancellation landing inside redis-py can be swallowed: ask until it ends)
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+    assert (await counts(pool, [sid]))[0] == 1
