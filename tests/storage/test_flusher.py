@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from types import SimpleNamespace
 
 import pytest
 from redis.asyncio import Redis
@@ -167,7 +168,7 @@ async def test_an_idle_flusher_polls_less_and_resets_on_work(
         waits.append(seconds)
         await real_sleep(0.01)
 
-    monkeypatch.setattr("storage.flusher.asyncio.sleep", sleep)
+    monkeypatch.setattr("storage.flusher.asyncio", SimpleNamespace(sleep=sleep))  # the flusher's module only
     task = asyncio.create_task(flusher.run())
     try:
         while len(waits) < 6:
