@@ -469,7 +469,8 @@ def _answered(s: SessionState, question_id: int, saved: SavedAnswer) -> SessionS
 
 
 _LAST_SEQ, _ANSWERS = SessionState._fields.index("last_seq"), SessionState._fields.index("answers")
-assert _ANSWERS == _LAST_SEQ + 1, "_answered replaces last_seq and answers as one run of fields"
+if _ANSWERS != _LAST_SEQ + 1:  # (not an assert: python -O would drop it, and _answered would mix up fields)
+    raise TypeError("SessionState: _answered replaces last_seq and answers as one run of fields; keep them adjacent")
 
 
 def _report(state: SessionState, cmd: Report, now_ms: int) -> Decision:

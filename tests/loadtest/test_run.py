@@ -150,6 +150,8 @@ def test_cpu_per_answer() -> None:
     [
         (["steady", "--students", "0"], "--students must be in 1..20000"),
         (["compare", "--rates", "1,x"], "--rates: expected numbers"),
+        (["compare", "--trials", "0"], "--trials must be in 1..9"),
+        (["compare", "--trials", "10"], "--trials must be in 1..9"),
         (["nonsense"], "invalid choice"),
         (["submit-storm", "--answers", "181"], "--answers must be in 1..180"),
     ],
