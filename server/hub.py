@@ -282,6 +282,10 @@ class StudentConnection:
             await self.out.stop()
             # aiohttp cancels the handler once the peer has gone: marking the student offline must happen anyway
             await asyncio.shield(self.s.background(self._left()))
+            if not self.ws.closed:
+                # the student closed (autoclose is off): answered only now, so that a reconnect right after a
+                # clean close, from this process or another, finds them offline and is not a second device
+                await self.ws.close(drain=False)
 
     async def _left(self) -> None:
         """The student is offline from now, unless a newer connection took over (leave.lua checks the epoch)."""
@@ -646,6 +650,7 @@ async def student_ws(request: web.Request) -> web.StreamResponse:
         compress=False,  # per-message deflate costs ~7x the memory per connection
         max_msg_size=settings.max_message_bytes,
         heartbeat=settings.heartbeat_s,
+        autoclose=False,  # a student's close is answered once they are recorded offline (StudentConnection.run)
     )
     binary = request.query.get("format", "json") == "msgpack"
 

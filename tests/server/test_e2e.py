@@ -271,3 +271,26 @@ async def test_closed_connections_need_no_cyclic_collector(
     finally:
         gc.enable()
         s.store.open = open_session  # type: ignore[method-assign]
+
+
+async def test_a_clean_close_then_an_immediate_reconnect_is_not_a_second_device(client: TestClient[Any, Any]) -> None:
+    """The hub answers a student's close only once it has recorded them offline: a student who closes and opens
+    again at once (a reload, a network switch) is never counted as a second device. A takeover while the first
+    connection still stands is one (test_second_connection_fences_the_first)."""
+    s = services(client)
+    st = await student(client, await template_id(s.pool, "biology-quick-10"))
+    leave = s.store.leave
+
+    async def slow_leave(sid: str, epoch: int) -> None:  # as from another process, or through a busy Redis
+        await asyncio.sleep(0.05)
+        await leave(sid, epoch)
+
+    s.store.leave = slow_leave  # type: ignore[method-assign]
+    for attempt in range(5):  # each close races the next open
+        await st.connect()
+        assert st.ws is not None
+        assert await st.ws.close() and st.ws.close_code == 1000, attempt
+    stored = await s.store.load(st.sid)
+    assert stored is not None
+    assert [c.kind.value for c in stored.state.cheats] == []  # no second_device
+    assert stored.state.status.value == "active" and not stored.presence.online and stored.epoch == 5
