@@ -40,6 +40,20 @@ ANY_USER: frozenset[Role] = frozenset(Role)
 STAFF: frozenset[Role] = frozenset({Role.PROCTOR, Role.ADMIN})
 ADMIN: frozenset[Role] = frozenset({Role.ADMIN})
 
+
+async def may_watch(services: Services, claims: UserClaims, template_id: int) -> bool:
+    """Admins watch every exam; a proctor the exams an admin assigned to them (their room feeds, actions, audit
+    trails, and their students' sessions)."""
+    if claims.role is Role.ADMIN:
+        return True
+    if claims.role is not Role.PROCTOR:
+        return False
+    found = await services.pool.fetchval(
+        "SELECT 1 FROM proctor_assignments WHERE user_id = $1 AND template_id = $2", claims.user_id, template_id
+    )
+    return bool(found)
+
+
 MAX_BIGINT = 2**63 - 1
 B = TypeVar("B")
 Q = TypeVar("Q")

@@ -353,9 +353,9 @@ async def listen_control(services: Services) -> None:
 
 async def proctor_ws(request: web.Request) -> web.WebSocketResponse:
     """`/ws/proctor?template=ID` with a staff user token (Authorization header or ?token=)."""
+    from server.api import may_watch
     from server.auth import Role, TokenError
     from server.hub import _origin_allowed, _token
-    from server.routes.proctor import may_watch
     from server.services import SERVICES
 
     services = request.app[SERVICES]

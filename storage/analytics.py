@@ -475,9 +475,10 @@ async def attempt_standing(pool: pg.Pool, sid: str) -> asyncpg.Record | None:
     return row
 
 
-async def session_owner(pool: pg.Pool, sid: str) -> uuid.UUID | None:
-    owner: uuid.UUID | None = await pool.fetchval("SELECT user_id FROM test_sessions WHERE id = $1", sid)
-    return owner
+async def session_owner(pool: pg.Pool, sid: str) -> tuple[uuid.UUID, int] | None:
+    """The session's student and template (who may see it: server/routes/sessions.py, check_reader)."""
+    row = await pool.fetchrow("SELECT user_id, template_id FROM test_sessions WHERE id = $1", sid)
+    return None if row is None else (row["user_id"], row["template_id"])
 
 
 # ---- periodic reports and retention ----------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from server.api import ANY_USER, STAFF, Ctx, Strict, fail
 from server.routes import api
-from server.routes.sessions import SESSION_ID
+from server.routes.sessions import SESSION_ID, check_reader
 from sessions import stats
 from storage import analytics, pg
 from storage.cache import (
@@ -328,17 +328,17 @@ RANK_DEFINITION = (
 
 @api.get("/api/sessions/{sid}/rank", response=RankOut, roles=ANY_USER, tag="analytics")
 async def rank(ctx: Ctx[None, None]) -> RankOut:
-    """An attempt's NEET-style rank and percentile among its template's attempts (own attempt, or staff)."""
+    """An attempt's NEET-style rank and percentile among its template's attempts (its student, an admin, or a
+    proctor of its exam)."""
     sid = ctx.path_str("sid")
     if not SESSION_ID.match(sid):
         fail(404, "session_not_found", "no such session")
     pool = ctx.services.pool
     row = await analytics.attempt_standing(pool, sid)
-    owner = row["user_id"] if row else await analytics.session_owner(pool, sid)
-    if owner is None:
+    found = (row["user_id"], row["template_id"]) if row else await analytics.session_owner(pool, sid)
+    if found is None:
         fail(404, "session_not_found", "no such session")
-    if owner != ctx.me.user_id and ctx.me.role not in STAFF:
-        fail(403, "forbidden", "this session belongs to someone else")
+    await check_reader(ctx.services, ctx.me, *found)
     if row is None:
         fail(409, "not_stored", "the rank is available once the attempt has ended and been stored")
     st = stats.standing(row["higher"], row["at_or_below"])

@@ -8,13 +8,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from server.api import ADMIN, STAFF, Ctx, Strict, fail
-from server.auth import Role, UserClaims
+from server.api import ADMIN, STAFF, Ctx, Strict, fail, may_watch
+from server.auth import Role
 from server.hub import wall_ms
 from server.proctor import row_of
 from server.routes import api
 from server.routes.sessions import SESSION_ID
-from server.services import Services
 from sessions.machine import (
     Decision,
     Extend,
@@ -32,18 +31,6 @@ from storage.errors import StorageUnavailable
 from storage.session_store import Outcome
 
 Reason = Annotated[str, Field(max_length=500)]
-
-
-async def may_watch(services: Services, claims: UserClaims, template_id: int) -> bool:
-    """Admins watch every exam; a proctor the exams an admin assigned to them."""
-    if claims.role is Role.ADMIN:
-        return True
-    if claims.role is not Role.PROCTOR:
-        return False
-    found = await services.pool.fetchval(
-        "SELECT 1 FROM proctor_assignments WHERE user_id = $1 AND template_id = $2", claims.user_id, template_id
-    )
-    return bool(found)
 
 
 class AssignmentIn(Strict):

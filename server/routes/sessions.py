@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from server import frames
-from server.api import ANY_USER, PUBLIC, Ctx, Strict, bearer, fail
+from server.api import ANY_USER, PUBLIC, Ctx, Strict, bearer, fail, may_watch
 from server.auth import Role, SessionClaims, TokenError, UserClaims
 from server.hub import wall_ms
 from server.routes import api
@@ -28,7 +28,7 @@ SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def session_access(ctx: Ctx[Any, Any], sid: str) -> SessionClaims | UserClaims:
-    """Either the session's own token, or a user token (owner, or staff)."""
+    """Either the session's own token, or a user token (who of them may read it: check_reader)."""
     if not SESSION_ID.match(sid):
         fail(404, "session_not_found", "no such session")
     token = bearer(ctx.request)
@@ -47,9 +47,18 @@ def session_access(ctx: Ctx[Any, Any], sid: str) -> SessionClaims | UserClaims:
     return claims
 
 
-def check_owner(claims: SessionClaims | UserClaims, owner: uuid.UUID | str) -> None:
-    if isinstance(claims, UserClaims) and claims.role is Role.STUDENT and str(claims.user_id) != str(owner):
-        fail(403, "forbidden", "this session belongs to someone else")
+async def check_reader(
+    services: Services, claims: SessionClaims | UserClaims, owner: uuid.UUID | str, template_id: int
+) -> None:
+    """Who may read a session: its own token, the student who owns it, an admin, or a proctor assigned to its exam
+    (as for the room feed and the audit trail: a proctor of another exam may not read it)."""
+    if isinstance(claims, SessionClaims) or claims.role is Role.ADMIN:
+        return
+    if claims.role is Role.STUDENT:
+        if str(claims.user_id) != str(owner):
+            fail(403, "forbidden", "this session belongs to someone else")
+    elif not await may_watch(services, claims, template_id):
+        fail(403, "forbidden", "you are not assigned to proctor this exam")
 
 
 class StartIn(Strict):
@@ -126,19 +135,19 @@ async def _first_item(s: Services, bank_id: int, template: Template, sid: str) -
 
 @api.get("/api/sessions/{sid}", roles=PUBLIC)
 async def progress(ctx: Ctx[None, None]) -> web.Response:
-    """A session's progress (session token, or a user token of its owner or of staff)."""
+    """A session's progress (its session token, or a user token: its student, an admin or its exam's proctor)."""
     s = ctx.services
     sid = ctx.path_str("sid")
     claims = session_access(ctx, sid)
     stored = await s.store.load(sid)
     if stored is not None:
         st = stored.state
-        check_owner(claims, st.user_id)
+        await check_reader(s, claims, st.user_id, st.template_id)
         return web.json_response(_progress(st, wall_ms()))
     row = await pg.fetch_session(s.pool, sid)
     if row is None:
         fail(404, "session_not_found", "no such session")
-    check_owner(claims, row["user_id"])
+    await check_reader(s, claims, row["user_id"], row["template_id"])
     return web.json_response(
         {
             "session_id": sid,
@@ -188,7 +197,7 @@ async def result(ctx: Ctx[None, None]) -> web.Response:
     row = await pg.fetch_session(s.pool, sid)
     if row is None:
         fail(404, "session_not_found", "no such session")
-    check_owner(claims, row["user_id"])
+    await check_reader(s, claims, row["user_id"], row["template_id"])
     paper = Paper.from_json(row["paper"])
     questions = await s.catalog.questions(paper.question_ids)
     if row["flushed_at"] is not None:

@@ -15,8 +15,8 @@ Invariants, checked after every operation:
   session never arrive), and a feed shows only its own room's sessions.
 
 Who may read a session over REST (docs/protocol.md, GET /api/sessions/{sid}): its session token, its owner's
-user token, and any staff user token (proctor or admin; not scoped to assignments: see docs/reliability.md).
-Proctor actions, audit trails and feeds: admins, and the proctors assigned to the session's room.
+user token, admins, and the proctors assigned to the session's room. Proctor actions, audit trails and feeds:
+admins, and the proctors assigned to the session's room.
 
 Budget: EXAMHUB_SECURITY_EXAMPLES machines (default 100 in CI; tests/security/budget.py) of up to 25 steps.
 """
@@ -240,7 +240,9 @@ class Isolation(RuleBasedStateMachine):
         own = a.sid == self._sid_of(target)
         if kind == "session" and a.session_token:
             return own and path != "/rank"  # rank takes user tokens only
-        return a.role is not Role.STUDENT or own  # staff read any session (documented)
+        if a.role is Role.STUDENT:
+            return own
+        return self._may_proctor(actor, "user", self.actors[target].template)  # its room's proctor only
 
     @rule(actor=st.sampled_from(["s1", "s2", "p1", "p2", "u"]), kind=st.sampled_from(TOKENS),
           whom=st.sampled_from(["s1", "s2"]), path=st.sampled_from(READS))  # fmt: skip

@@ -17,6 +17,7 @@ from server.settings import Settings
 from storage import analytics
 from tests.conftest import template_id
 from tests.server.conftest import Student, bearer, guest, services, start, token_for
+from tests.server.test_proctoring import proctor_token
 from tests.storage.test_analytics import insert_attempt, new_template, new_user, questions
 
 
@@ -94,7 +95,9 @@ async def test_a_real_attempt_feeds_performance_history_rank_and_leaderboard(cli
     assert rank["rank"] == (2 if other > attempt["score"] else 1)
     assert rank["percentile"] == (50.0 if other > attempt["score"] else 100.0)
     await error(await client.get(f"/api/sessions/{theirs}/rank", headers=bearer(asha)), 403, "forbidden")
-    proctor = await token_for(client, "proctor")
+    unassigned = await token_for(client, "proctor")  # a proctor of other exams
+    await error(await client.get(f"/api/sessions/{theirs}/rank", headers=bearer(unassigned)), 403, "forbidden")
+    proctor = await proctor_token(client, tid)  # this exam's proctor
     assert (await client.get(f"/api/sessions/{theirs}/rank", headers=bearer(proctor))).status == 200
 
     r = await client.get(f"/api/templates/{tid}/leaderboard?period=daily", headers=bearer(asha))

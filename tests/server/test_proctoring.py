@@ -246,6 +246,43 @@ async def test_roles_and_scopes(client: TestClient[Any, Any]) -> None:
     assert r.status == 403
 
 
+async def test_a_session_is_read_by_its_exam_s_proctors_only(client: TestClient[Any, Any]) -> None:
+    """Progress and result, live (Redis) and stored (PostgreSQL): the student, an admin and a proctor assigned to
+    the exam may read them; a proctor of another exam and another student may not."""
+    tid = await own_template(client)
+    assigned = await proctor_token(client, tid)
+    other_exam = await proctor_token(client, await own_template(client))
+    admin = await token_for(client, "admin")
+    other_student = await token_for(client, "student")
+    st = await student(client, tid)
+    await st.connect()
+
+    async def status(path: str, token: str) -> tuple[int, str]:
+        r = await client.get(f"/api/sessions/{st.sid}{path}", headers=bearer(token))
+        body = await r.json()
+        return r.status, body.get("error", body.get("status", ""))
+
+    for token in (st.token, assigned, admin):
+        assert await status("", token) == (200, "active")
+    for token in (other_exam, other_student):
+        assert (await status("", token))[0] == 403
+    r = await client.get(f"/api/sessions/{st.sid}", headers=bearer(other_exam))
+    assert await r.json() == {"error": "forbidden", "message": "you are not assigned to proctor this exam"}
+
+    st.seq += 1
+    await st.send({"type": "submit", "seq": st.seq})
+    assert await next_of(st, "finished")
+    s = services(client)
+    assert await s.flusher.flush_once() >= 1
+    await s.redis.delete(s.store.keys.session(st.sid).meta)  # as its TTL would: progress now comes from PostgreSQL
+    for token in (st.token, assigned, admin):
+        assert (await status("/result", token))[0] == 200
+        assert await status("", token) == (200, "submitted")
+    for token in (other_exam, other_student):
+        assert await status("/result", token) == (403, "forbidden")
+        assert await status("", token) == (403, "forbidden")
+
+
 async def test_the_time_ledger_reaches_the_audit_trail_once(client: TestClient[Any, Any]) -> None:
     tid = await own_template(client, disconnect_credit_cap_s=120)
     token = await proctor_token(client, tid)
