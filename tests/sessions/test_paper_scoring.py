@@ -81,3 +81,47 @@ def test_judge_levels() -> None:
     assert not judge(p, CheatKind.COPY, 2, True).flag  # already flagged
     assert judge(p, CheatKind.COPY, 3, True).level is Level.SUBMIT
     assert judge(p, CheatKind.FOCUS, 3, True).level is Level.NONE
+
+
+def test_a_draw_spreads_each_difficulty_over_the_topics_and_uses_the_whole_pool() -> None:
+    """Round-robin over topics: within one difficulty, no topic gets two questions more than another while each
+    has questions left; and over many seeds every question of a difficulty is drawn about equally often."""
+    questions = bank(240)  # 3 topics x 3 difficulties, ~27 questions each
+    by_id = {q.id: q for q in questions}
+    rule = PaperRule(count=90)
+    drawn: dict[int, int] = dict.fromkeys(by_id, 0)
+    for i in range(300):
+        paper = draw_paper(tuple(questions), rule, f"seed {i}")
+        assert len(set(paper.question_ids)) == 90
+        for level in Difficulty:
+            per_topic = [sum(1 for q in paper.question_ids if by_id[q].difficulty is level and by_id[q].topic == t)
+                         for t in ("cells", "genetics", "ecology")]  # fmt: skip
+            assert max(per_topic) - min(per_topic) <= 1, (level, per_topic)
+        for q in paper.question_ids:
+            drawn[q] += 1
+    wanted = allocate(90, rule.mix)
+    for level in Difficulty:  # every question of a difficulty about equally often (the mix sets how often)
+        counts = [n for q, n in drawn.items() if by_id[q].difficulty is level]
+        expected = 300 * wanted[level] / len(counts)
+        assert all(0.7 * expected < n < 1.3 * expected for n in counts), (level, sorted(counts))
+
+
+def test_a_draw_is_the_same_in_every_process_and_with_or_without_the_cached_plan() -> None:
+    """The paper is a function of the seed alone: not of Python's per-process hash seed, nor of whether the bank
+    came as the catalog's tuple (whose plan is cached) or as any other iterable."""
+    import json
+    import subprocess
+    import sys
+
+    rule = PaperRule(count=20)
+    here = draw_paper(tuple(bank(60)), rule, "3f9c2a7be1d04c5a8f6e2b9d0c1a4e77")
+    assert draw_paper(tuple(bank(60)), rule, "3f9c2a7be1d04c5a8f6e2b9d0c1a4e77") == here  # cached this time
+    assert draw_paper(iter(bank(60)), rule, "3f9c2a7be1d04c5a8f6e2b9d0c1a4e77") == here
+    code = ("import json; from sessions.model import PaperRule; from sessions.paper import draw_paper; "
+            "from tests.sessions.factories import bank; "
+            "paper = draw_paper(bank(60), PaperRule(count=20), '3f9c2a7be1d04c5a8f6e2b9d0c1a4e77'); "
+            "print(json.dumps(paper.to_json()))")  # fmt: skip
+    for hash_seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**__import__("os").environ, "PYTHONHASHSEED": hash_seed})  # fmt: skip
+        assert json.loads(out.stdout) == json.loads(json.dumps(here.to_json()))
