@@ -33,6 +33,10 @@ class PaperError(ValueError):
 _IDS: dict[int, int] = {}
 _ORDER_INDEX: dict[tuple[str, ...], int] = {}
 _ORDER_TABLE: list[tuple[str, ...]] = []
+# Stored papers write each order as its option ids joined by a space (ids are [a-z0-9]{1,8}: storage/importers.py):
+# one string to look up per question when a session is loaded, not a list to turn into a tuple and hash.
+_ORDER_TEXT: list[str | None] = []  # aligned with _ORDER_TABLE; None when an id holds a space (the old form then)
+_ORDER_BY_TEXT: dict[str, int] = {}
 
 
 def _intern_id(q: int) -> int:
@@ -44,7 +48,16 @@ def _order_index(order: tuple[str, ...]) -> int:
     if index is None:
         index = _ORDER_INDEX[order] = len(_ORDER_TABLE)
         _ORDER_TABLE.append(order)
+        text = " ".join(order) if order and all(o and " " not in o for o in order) else None
+        _ORDER_TEXT.append(text)
+        if text is not None:
+            _ORDER_BY_TEXT[text] = index
     return index
+
+
+def _text_index(text: str) -> int:
+    index = _ORDER_BY_TEXT.get(text)
+    return _order_index(tuple(text.split(" "))) if index is None else index
 
 
 # Options are put in order by one draw per question, a permutation's rank: a plan per bank holds each question's
@@ -82,6 +95,11 @@ class OptionOrders(Mapping[int, tuple[str, ...]]):
     def orders(self) -> Iterator[tuple[str, ...]]:
         return map(_ORDER_TABLE.__getitem__, self._orders)
 
+    @property
+    def order_indices(self) -> bytes | array[int]:
+        """Aligned with ids: each question's place in the process' order table."""
+        return self._orders
+
     def __getitem__(self, q: int) -> tuple[str, ...]:
         try:
             return _ORDER_TABLE[self._orders[self._ids.index(q)]]
@@ -113,6 +131,16 @@ class Paper:
     option_order: Mapping[int, tuple[str, ...]]  # question id -> option ids in display order
 
     def to_json(self) -> dict[str, object]:
+        """{"q": question ids in order, "o": each one's option order, its ids joined by spaces}; from_json also
+        reads the earlier form, {"o": {"<question id>": [option ids]}}, which is still written for option ids
+        that hold a space (none do through the API) and which sessions stored before it keep."""
+        orders = self.option_order
+        if isinstance(orders, OptionOrders) and orders.ids == self.question_ids:
+            texts = list(map(_ORDER_TEXT.__getitem__, orders.order_indices))
+        else:
+            texts = [_ORDER_TEXT[_order_index(tuple(orders[q]))] for q in self.question_ids]
+        if None not in texts:
+            return {"q": list(self.question_ids), "o": texts}
         return {"q": list(self.question_ids), "o": {str(q): list(order) for q, order in self.in_order()}}
 
     def in_order(self) -> Iterator[tuple[int, tuple[str, ...]]]:
@@ -125,10 +153,14 @@ class Paper:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Paper:
         """The inverse of to_json. Every load of a session from Redis parses its paper: no intermediate dict."""
-        ids = tuple(_intern_id(int(q)) for q in data["q"])
-        by_id = data["o"]
-        orders = OptionOrders.indexed(ids, [_order_index(tuple(by_id[str(q)])) for q in ids])
-        return cls(ids, orders)
+        numbers = list(map(int, data["q"]))
+        ids = tuple(map(_IDS.setdefault, numbers, numbers))  # interned (_intern_id), without a call per question
+        orders = data["o"]
+        if isinstance(orders, list):
+            if len(orders) != len(ids):
+                raise ValueError(f"a paper of {len(ids)} questions with {len(orders)} option orders")
+            return cls(ids, OptionOrders.indexed(ids, list(map(_text_index, orders))))
+        return cls(ids, OptionOrders.indexed(ids, [_order_index(tuple(orders[str(q)])) for q in ids]))
 
 
 def allocate(count: int, mix: Mapping[Difficulty, float]) -> dict[Difficulty, int]:

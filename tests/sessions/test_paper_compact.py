@@ -77,3 +77,24 @@ def test_many_options_are_shuffled_too_and_the_draw_is_reproducible() -> None:
     assert len(set(orders)) > 1
     assert draw_paper(wide, RULE, "wide") == paper
     assert Paper.from_json(json.loads(json.dumps(paper.to_json()))) == paper
+
+
+def test_the_stored_form_joins_each_order_and_the_earlier_form_is_still_read() -> None:
+    """Sessions stored before the joined form keep theirs ({"o": {"<id>": [...]}}) and load as before."""
+    paper = draw_paper(BANK, RULE, "s1")
+    stored = paper.to_json()
+    assert stored["q"] == list(paper.question_ids)
+    assert stored["o"] == [" ".join(order) for order in paper.option_order.values()]
+    earlier = {"q": list(paper.question_ids), "o": {str(q): list(o) for q, o in paper.option_order.items()}}
+    assert Paper.from_json(json.loads(json.dumps(earlier))) == paper
+    assert Paper.from_json(json.loads(json.dumps(stored))) == paper
+    with pytest.raises(ValueError, match="30 questions with 29 option orders"):
+        Paper.from_json({"q": stored["q"], "o": stored["o"][:-1]})
+
+
+def test_option_ids_with_a_space_keep_the_earlier_form() -> None:
+    spaced = [replace(q, options=tuple(Option(f"{o} x", o) for o in "abcd")) for q in BANK]
+    paper = draw_paper(spaced, RULE, "s1")
+    stored = paper.to_json()
+    assert isinstance(stored["o"], dict) and all(len(o) == 4 for o in stored["o"].values())
+    assert Paper.from_json(json.loads(json.dumps(stored))) == paper
