@@ -286,10 +286,13 @@ async def test_a_clean_close_then_an_immediate_reconnect_is_not_a_second_device(
         await leave(sid, epoch)
 
     s.store.leave = slow_leave  # type: ignore[method-assign]
-    for attempt in range(5):  # each close races the next open
-        await st.connect()
-        assert st.ws is not None
-        assert await st.ws.close() and st.ws.close_code == 1000, attempt
+    try:
+        for attempt in range(5):  # each close races the next open
+            await st.connect()
+            assert st.ws is not None
+            assert await st.ws.close() and st.ws.close_code == 1000, attempt
+    finally:
+        s.store.leave = leave  # type: ignore[method-assign]
     stored = await s.store.load(st.sid)
     assert stored is not None
     assert [c.kind.value for c in stored.state.cheats] == []  # no second_device
