@@ -186,13 +186,15 @@ class _Plan:
     group: npt.NDArray[np.intp]  # pool position -> level x topics + topic (topics in sorted order)
     topics: npt.NDArray[np.intp]  # pool position -> topic
     topic_count: int
-    ranked: npt.NDArray[np.intp]  # pool position x permutation rank -> order-table index
+    ranked: npt.NDArray[np.int32]  # pool position x permutation rank -> order-table index (4 bytes x 24 a question)
     permutations: npt.NDArray[np.int64]  # pool position -> n! (0: more than MAX_RANKED options)
     all_ranked: bool
 
 
 _PLANS: dict[tuple[int, int], tuple[object, object, _Plan]] = {}
-_PLANS_MAX = 64  # banks x rules a process draws from; a bank or template edited often may not pin old ones
+# Plans a process keeps (banks x template rules it draws from). Each pins its bank tuple and ~100 bytes a question
+# (a 20,000-question bank: ~2 MB), so an edited bank or template must not pin its old versions for long.
+_PLANS_MAX = 16
 _LEVELS = tuple(Difficulty)
 
 
@@ -209,7 +211,7 @@ def _plan(bank: Iterable[Question], rule: PaperRule) -> _Plan:
     level = np.array([_LEVELS.index(q.difficulty) for q in pool], dtype=np.intp)
     topics = np.array([topic_of[q.topic] for q in pool], dtype=np.intp)
     widest = max((math.factorial(len(q.option_ids)) for q in pool if len(q.option_ids) <= MAX_RANKED), default=1)
-    ranked = np.zeros((len(pool), widest), dtype=np.intp)
+    ranked = np.zeros((len(pool), widest), dtype=np.int32)
     permutations = np.zeros(len(pool), dtype=np.int64)
     if rule.shuffle_options:
         for i, q in enumerate(pool):

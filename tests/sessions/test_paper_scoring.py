@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from sessions.anticheat import Level, judge
@@ -109,10 +114,6 @@ def test_a_draw_spreads_each_difficulty_over_the_topics_and_uses_the_whole_pool(
 def test_a_draw_is_the_same_in_every_process_and_with_or_without_the_cached_plan() -> None:
     """The paper is a function of the seed alone: not of Python's per-process hash seed, nor of whether the bank
     came as the catalog's tuple (whose plan is cached) or as any other iterable."""
-    import json
-    import subprocess
-    import sys
-
     rule = PaperRule(count=20)
     here = draw_paper(tuple(bank(60)), rule, "3f9c2a7be1d04c5a8f6e2b9d0c1a4e77")
     assert draw_paper(tuple(bank(60)), rule, "3f9c2a7be1d04c5a8f6e2b9d0c1a4e77") == here  # cached this time
@@ -123,5 +124,5 @@ def test_a_draw_is_the_same_in_every_process_and_with_or_without_the_cached_plan
             "print(json.dumps(paper.to_json()))")  # fmt: skip
     for hash_seed in ("1", "2"):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                             env={**__import__("os").environ, "PYTHONHASHSEED": hash_seed})  # fmt: skip
+                             env={**os.environ, "PYTHONHASHSEED": hash_seed})  # fmt: skip
         assert json.loads(out.stdout) == json.loads(json.dumps(here.to_json()))
