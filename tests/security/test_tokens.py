@@ -8,7 +8,8 @@ endpoint refuses an anonymous and a forged token), tests/server/test_rest.py (a 
 session reading progress). This file adds what those do not cover: the algorithm pinning (`alg: none`, an
 algorithm confusion token carrying the right key's signature, HS512), a correctly formed token signed with
 another key, a tampered payload under the original signature, the audience swapped in both directions, the
-issuer, lifetimes, and frames that name another session."""
+issuer, lifetimes, and frames that name another session; and the verifier held to PyJWT, which examhub used before
+its own HS256 codec (server/auth.py says why): each reads the other's tokens, and claims PyJWT refuses are refused."""
 
 from __future__ import annotations
 
@@ -20,8 +21,11 @@ import time
 import uuid
 from typing import Any
 
+import jwt
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from server.auth import SESSION_AUDIENCE, USER_AUDIENCE, Auth, Role, TokenError
 from server.closecodes import Close
@@ -40,8 +44,11 @@ def unb64(part: str) -> bytes:
 
 
 def craft(header: dict[str, Any], payload: dict[str, Any], key: str | None, digest: Any = hashlib.sha256) -> str:
-    """A JWT built by hand, as an attacker would: any header, any payload, signed with any key (or not)."""
-    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
+    """A JWT built by hand, as an attacker would: any header, any payload, signed with any key (or not). The header
+    is written as JWT libraries write it (sorted keys, no spaces), so an HS256 token gets past the header check and
+    is refused, if it is, for what its payload says."""
+    canonical = json.dumps(header, separators=(",", ":"), sort_keys=True)
+    signing_input = f"{b64(canonical.encode())}.{b64(json.dumps(payload).encode())}"
     signature = b"" if key is None else hmac.new(key.encode(), signing_input.encode(), digest).digest()
     return f"{signing_input}.{b64(signature)}"
 
@@ -59,6 +66,22 @@ def with_payload(token: str, payload: dict[str, Any]) -> str:
 
 def bad_user_tokens(good: str) -> dict[str, str]:
     """Tokens that must all be refused where a user token is expected. `good` is a valid admin token."""
+    return {name: token for name, (token, _) in bad_user_tokens_and_reasons(good).items()}
+
+
+def bad_user_tokens_and_reasons(good: str) -> dict[str, tuple[str, str]]:
+    """Each bad token with a word of the verifier's reason for refusing it, so that a test sees each refused for
+    its own flaw (a token refused for its header would say nothing about the expiry check)."""
+    reasons = {
+        "alg-none": "header", "alg-none-capitalised": "header", "rs256-confusion": "header",
+        "hs512-right-key": "header", "wrong-key": "signature", "tampered-role": "signature", "expired": "expired",
+        "no-exp": '"exp"', "wrong-issuer": "issuer", "no-audience": '"aud"', "session-audience": "not meant",
+        "unknown-role": "claims", "not-a-uuid": "claims",
+    }  # fmt: skip
+    return {name: (token, reasons[name]) for name, token in _bad_user_tokens(good).items()}
+
+
+def _bad_user_tokens(good: str) -> dict[str, str]:
     admin = payload_of(good)
     hs256 = {"alg": "HS256", "typ": "JWT"}
     return {
@@ -85,8 +108,8 @@ def test_the_verifier_pins_algorithm_audience_issuer_and_lifetime() -> None:
     auth = Auth(SECRET)
     good = auth.user_token(uuid.uuid4(), Role.ADMIN, 600)
     assert auth.verify_user(good).role is Role.ADMIN
-    for name, token in bad_user_tokens(good).items():
-        with pytest.raises(TokenError):
+    for name, (token, reason) in bad_user_tokens_and_reasons(good).items():
+        with pytest.raises(TokenError, match=reason):
             auth.verify_user(token)
             pytest.fail(name)
 
@@ -101,6 +124,99 @@ def test_tokens_are_short_lived() -> None:
     assert user["exp"] - user["iat"] == 3600 and abs(user["iat"] - now) <= 2
     assert session["exp"] - session["iat"] == 600 and session["aud"] == SESSION_AUDIENCE
     assert user["aud"] == USER_AUDIENCE
+
+
+def pyjwt_decode(token: str, audience: str) -> dict[str, Any]:
+    """PyJWT with the checks examhub asked of it before it had its own codec."""
+    claims: dict[str, Any] = jwt.decode(
+        token, SECRET, algorithms=["HS256"], audience=audience, issuer="examhub",
+        options={"require": ["exp", "iat", "aud", "iss", "sub"]},
+    )  # fmt: skip
+    return claims
+
+
+def test_pyjwt_reads_our_tokens_and_we_read_its() -> None:
+    """Both ways: a token signed before the upgrade (by PyJWT) stays good after it, and one signed after is a
+    standard JWT that any library checks."""
+    auth = Auth(SECRET)
+    user = uuid.uuid4()
+    ours = auth.user_token(user, Role.PROCTOR, 600)
+    assert pyjwt_decode(ours, USER_AUDIENCE) == payload_of(ours)
+    session, token_id = auth.session_token("s" * 32, user, 600)
+    assert pyjwt_decode(session, SESSION_AUDIENCE)["jti"] == token_id
+    now = int(time.time())
+    theirs = jwt.encode({"sub": str(user), "role": "proctor", "iss": "examhub", "aud": USER_AUDIENCE, "iat": now,
+                         "exp": now + 600}, SECRET, algorithm="HS256")  # fmt: skip
+    assert auth.verify_user(theirs) == auth.verify_user(ours)
+    theirs = jwt.encode({"sub": str(user), "sid": "s" * 32, "jti": "j1", "iss": "examhub", "aud": SESSION_AUDIENCE,
+                         "iat": now, "exp": now + 600}, SECRET, algorithm="HS256")  # fmt: skip
+    assert auth.verify_session(theirs).token_id == "j1"
+
+
+def test_every_segment_must_be_canonical_base64url() -> None:
+    """The signature of a good token written every other way a lenient decoder reads as the same bytes, and
+    tokens of the wrong shape: all refused."""
+    auth = Auth(SECRET)
+    good = auth.user_token(uuid.uuid4(), Role.STUDENT, 600)
+    head, body, sig = good.split(".")
+    # 32 bytes are 43 characters whose last carries 2 unused bits: a sibling character decodes to the same bytes
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(sig[-1])
+    sibling = sig[:-1] + alphabet[last ^ 1]
+    assert unb64(sibling) == unb64(sig)
+    std = base64.b64encode(unb64(sig)).rstrip(b"=").decode()  # '+' and '/' where base64url has '-' and '_'
+    bad = {
+        "padded signature": f"{head}.{body}.{sig}=",
+        "non-canonical last character": f"{head}.{body}.{sibling}",
+        "padded payload": f"{head}.{body}{'=' * (-len(body) % 4) or '===='}.{sig}",
+        "two segments": f"{head}.{body}",
+        "four segments": f"{good}.{sig}",
+        "non-ASCII": good[:-1] + "\u00e9",
+        "a space": good[:10] + " " + good[10:],
+        "empty": "",
+        "dots only": "..",
+    }
+    if std != sig:
+        bad["standard alphabet"] = f"{head}.{body}.{std}"
+    for name, token in bad.items():
+        with pytest.raises(TokenError):
+            auth.verify_user(token)
+            pytest.fail(name)
+    assert auth.verify_user(good)
+
+
+NOW = int(time.time())
+_MISSING = object()
+
+
+def good_or(good: Any, *bad: Any) -> st.SearchStrategy[Any]:
+    """The good value half the time, so that tokens with a single flaw come up often."""
+    return st.one_of(st.just(good), st.sampled_from(bad))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    exp=good_or(NOW + 600, NOW + 600.5, 10**12, NOW - 10, NOW - 10.5, "soon", True, None, _MISSING),
+    iat=good_or(NOW - 5, 1.5, NOW + 3600, "now", _MISSING),
+    aud=good_or(USER_AUDIENCE, [USER_AUDIENCE, "other"], ["other"], [], "other", 5, None, _MISSING),
+    iss=good_or("examhub", "someone-else", 3, None, _MISSING),
+    sub=good_or(str(uuid.UUID(int=7)), 5, None, _MISSING),
+)
+def test_claims_are_checked_as_pyjwt_checks_them(exp: Any, iat: Any, aud: Any, iss: Any, sub: Any) -> None:
+    """Any mix of good and bad registered claims, correctly signed: examhub accepts exactly what PyJWT accepts
+    (iat is either in the past or an hour ahead, past the clock leeway PyJWT does not have)."""
+    claims = {k: v for k, v in [("exp", exp), ("iat", iat), ("aud", aud), ("iss", iss), ("sub", sub)]
+              if v is not _MISSING}  # fmt: skip
+    token = craft({"alg": "HS256", "typ": "JWT"}, {**claims, "role": "student"}, SECRET)
+    try:
+        expected: object = pyjwt_decode(token, USER_AUDIENCE)
+    except jwt.PyJWTError:
+        expected = None
+    try:
+        got: object = Auth(SECRET).verify_user(token)
+    except TokenError:
+        got = None
+    assert (got is None) == (expected is None), (claims, expected)
 
 
 async def test_rest_refuses_every_bad_user_token(client: TestClient[Any, Any]) -> None:
