@@ -85,7 +85,10 @@ class OptionOrders(Mapping[int, tuple[str, ...]]):
     @classmethod
     def indexed(cls, ids: tuple[int, ...], index: list[int]) -> OptionOrders:
         """From interned ids and, aligned with them, order-table indices."""
-        return cls(ids, bytes(index) if max(index, default=0) < 256 else array("I", index))
+        try:
+            return cls(ids, bytes(index))
+        except ValueError:  # an index past 255 (bytes() checks each, in C; max() first cost ~10 us a paper)
+            return cls(ids, array("I", index))
 
     @property
     def ids(self) -> tuple[int, ...]:
@@ -189,6 +192,10 @@ class _Plan:
     ranked: npt.NDArray[np.int32]  # pool position x permutation rank -> order-table index (4 bytes x 24 a question)
     permutations: npt.NDArray[np.int64]  # pool position -> n! (0: more than MAX_RANKED options)
     all_ranked: bool
+    # Fixed by the pool and the rule, so worked out once, not per draw (~70 us a draw on a slow machine):
+    group_start: npt.NDArray[np.intp]  # group -> where its questions start in the pool sorted by group
+    take: npt.NDArray[np.intp]  # the places, in the pool sorted by (difficulty, round), of the questions each
+    #                              difficulty gives the paper: the first allocate(count, mix)[d] of its block
 
 
 _PLANS: dict[tuple[int, int], tuple[object, object, _Plan]] = {}
@@ -219,8 +226,17 @@ def _plan(bank: Iterable[Question], rule: PaperRule) -> _Plan:
             if n <= MAX_RANKED:
                 ranked[i, : math.factorial(n)] = [_order_index(o) for o in itertools.permutations(q.option_ids)]
                 permutations[i] = math.factorial(n)
-    plan = _Plan(pool, tuple(_intern_id(q.id) for q in pool), level, level * len(topic_of) + topics, topics,
-                 len(topic_of), ranked, permutations, bool(np.all(permutations > 0)))  # fmt: skip
+    group = level * len(topic_of) + topics
+    group_start = np.concatenate([[0], np.cumsum(np.bincount(group, minlength=len(_LEVELS) * len(topic_of)))])
+    level_start = np.concatenate([[0], np.cumsum(np.bincount(level, minlength=len(_LEVELS)))])
+    per_level = allocate(rule.count, rule.mix)
+    blocks = [
+        range(level_start[k], min(level_start[k + 1], level_start[k] + per_level.get(d, 0)))
+        for k, d in enumerate(_LEVELS)
+    ]
+    take = np.fromiter(itertools.chain.from_iterable(blocks), dtype=np.intp)
+    plan = _Plan(pool, tuple(_intern_id(q.id) for q in pool), level, group, topics, len(topic_of), ranked,
+                 permutations, bool(np.all(permutations > 0)), group_start[:-1].astype(np.intp), take)  # fmt: skip
     if isinstance(bank, tuple):  # a list or a view may change under us: only the catalog's tuples are kept
         if len(_PLANS) >= _PLANS_MAX:
             _PLANS.clear()
@@ -252,8 +268,9 @@ def draw_paper(bank: Iterable[Question], rule: PaperRule, seed: str) -> Paper:
     random order, each topic's questions in a random order, so that no topic crowds out the others), topped up from
     the rest of the pool when a difficulty runs short; then the questions shuffled, and each question's options put
     in one of its n! orders, uniformly. Vectorised with numpy over a plan cached per bank and rule: a 180-question
-    paper from 240 takes ~60 us here, against ~490 us with `random` and a loop per topic (17% of the hub's CPU
-    in a start storm)."""
+    paper from 240 took ~60 us on an Intel Xeon, against ~490 us with `random` and a loop per topic (17% of the
+    hub's CPU in a start storm); on a slower AMD machine 220 us, 150 us once the plan held what the rule fixes
+    (each difficulty's share and where each block starts)."""
     plan = _plan(bank, rule)
     pool = plan.pool
     if len(pool) < rule.count:
@@ -263,15 +280,11 @@ def draw_paper(bank: Iterable[Question], rule: PaperRule, seed: str) -> Paper:
     # sort by (difficulty, place within its topic, the topic's turn), then take each difficulty's first n.
     size, topic_count = len(pool), plan.topic_count
     by_group = np.argsort(plan.group + rng.random(size))  # each (difficulty, topic) together, shuffled
-    groups = plan.group[by_group]
     place = np.empty(size, dtype=np.intp)
-    place[by_group] = np.arange(size) - np.searchsorted(groups, groups)
+    place[by_group] = np.arange(size) - plan.group_start[plan.group[by_group]]
     turns = rng.random((len(_LEVELS), topic_count)).argsort(axis=1)  # each difficulty's order of topics
     order = np.argsort((plan.level * (size + 1) + place) * topic_count + turns[plan.level, plan.topics])  # unique
-    starts = np.searchsorted(plan.level[order], np.arange(len(_LEVELS) + 1))
-    wanted = allocate(rule.count, rule.mix)
-    parts = [order[starts[k] : min(starts[k + 1], starts[k] + wanted.get(d, 0))] for k, d in enumerate(_LEVELS)]
-    chosen = np.concatenate(parts)
+    chosen = order[plan.take]  # order is by difficulty first: each difficulty's block starts where the plan says
     if len(chosen) < rule.count:  # a difficulty ran short: top up from whatever is left
         rest = np.setdiff1d(np.arange(size, dtype=np.intp), chosen, assume_unique=True)
         chosen = np.concatenate([chosen, rng.choice(rest, rule.count - len(chosen), replace=False)])
