@@ -8,7 +8,8 @@ standard library's HMAC rather than PyJWT: PyJWT's decode cost ~150 us of CPU (m
 the base64url alphabet in Python), three tokens a student in a start storm, 13% of the hub's CPU there (py-spy;
 docs/performance.md). Only HS256 with our own secret is accepted, so the whole of JWS that applies is: the header
 must say HS256, the signature is compared in constant time before anything of the payload is read, each segment
-must be canonical unpadded base64url, and the registered claims are checked as PyJWT checks them.
+must be canonical unpadded base64url, and the registered claims are checked as PyJWT checks them (save that an
+"iat" up to IAT_LEEWAY_S ahead is let through: PyJWT allowed none).
 tests/security/test_tokens.py holds this to PyJWT both ways (each reads the other's tokens, and refuses the same
 crafted ones).
 """

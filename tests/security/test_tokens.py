@@ -185,6 +185,21 @@ def test_every_segment_must_be_canonical_base64url() -> None:
     assert auth.verify_user(good)
 
 
+def test_iat_may_be_a_little_ahead_for_clock_skew_and_no_more() -> None:
+    """Hub processes on different hosts check each other's tokens: an iat a few seconds ahead of this host's clock
+    is accepted (PyJWT refused it), one past IAT_LEEWAY_S is not."""
+    from server.auth import IAT_LEEWAY_S
+
+    auth = Auth(SECRET)
+    base = payload_of(auth.user_token(uuid.uuid4(), Role.STUDENT, 600))
+    now = int(time.time())
+    skewed = craft({"alg": "HS256", "typ": "JWT"}, {**base, "iat": now + 5}, SECRET)
+    assert auth.verify_user(skewed).role is Role.STUDENT
+    ahead = craft({"alg": "HS256", "typ": "JWT"}, {**base, "iat": now + IAT_LEEWAY_S + 5}, SECRET)
+    with pytest.raises(TokenError, match="issued in the future"):
+        auth.verify_user(ahead)
+
+
 NOW = int(time.time())
 _MISSING = object()
 
