@@ -145,6 +145,19 @@ def test_cpu_per_answer() -> None:
     assert bad.returncode == 2 and "--rate" in bad.stderr
 
 
+def test_lua_variants() -> None:
+    """The script-variant benchmark of docs/performance.md runs end to end, every variant accepting every answer
+    (it exits with the refusal otherwise), and refuses bad arguments."""
+    proc = subprocess.run([sys.executable, "-m", "loadtest.lua_variants", "--rounds", "20", "--repeat", "1"],
+                          check=False, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("current", "no_last_seq", "seq_in_ans", "one_hash"):
+        assert re.search(rf"^  {name} +\d+\.\d us", proc.stdout, re.M), proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "loadtest.lua_variants", "--batch", "0"],
+                         check=False, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "--batch" in bad.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
