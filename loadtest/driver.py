@@ -211,28 +211,37 @@ async def hub_process(database_url: str, redis_url: str, prefix: str, port: int 
     url = f"http://127.0.0.1:{port}"
     try:
         await _wait_ready(url, proc, log_path)
-        if workers > 1:  # every worker must be listening before the load starts
-            for _ in range(100):
-                if len(children(proc.pid)) >= workers:
-                    break
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(1.0)
+        await _wait_workers(proc, workers)
         yield Hub(url, proc.pid, database_url, redis_url, prefix, log_path)
     finally:
         await _stop(proc)
         log.close()
 
 
+async def _wait_workers(proc: asyncio.subprocess.Process, workers: int) -> None:
+    """A server of several processes (SO_REUSEPORT) answers once its first one listens; the kernel would give the
+    first connections all to that one, so the load starts once every worker process is there and has had a second
+    to bind."""
+    if workers > 1:
+        for _ in range(100):
+            if len(children(proc.pid)) >= workers:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+
+
 @contextlib.asynccontextmanager
-async def baseline_process(name: str, *args: str) -> AsyncIterator[str]:
-    """`python -m loadtest.baselines.<name> --port P ...`; ready when the port accepts connections."""
+async def baseline_process(name: str, *args: str, workers: int = 1) -> AsyncIterator[str]:
+    """`python -m loadtest.baselines.<name> --port P [--workers N] ...`; ready when the port accepts connections."""
     port = free_port()
     log_path = Path(tempfile.mkdtemp(prefix=f"examhub-baseline-{name}-")) / "server.log"
     log = log_path.open("wb")
+    more = ["--workers", str(workers)] if workers > 1 else []
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", f"loadtest.baselines.{name}",
-                                                "--port", str(port), *args, stdout=log, stderr=log)  # fmt: skip
+                                                "--port", str(port), *more, *args, stdout=log, stderr=log)  # fmt: skip
     try:
         await _wait_port(port, proc, log_path)
+        await _wait_workers(proc, workers)
         yield f"http://127.0.0.1:{port}"
     finally:
         await _stop(proc)

@@ -10,7 +10,8 @@
 (`examhub loadtest SCENARIO ...` is the same command.) Each run starts what it needs as subprocesses: a
 fresh PostgreSQL database on --database-url's server, a redis-server of its own with the durable settings
 (append-only, fsync always, no eviction), `examhub serve --workers N`, and for `compare` the baseline
-servers of loadtest/baselines/. The driver is the asyncio one (loadtest/driver.py), one process on uvloop
+servers of loadtest/baselines/ (with --workers N, N processes of each, so that N hub processes meet N of the
+ceiling's and of the HTTP baseline's). The driver is the asyncio one (loadtest/driver.py), one process on uvloop
 holding every WebSocket; it shares the machine's cores with the servers. Results go to
 --out/<scenario>[-wN].json and .md, with the machine, the command and each target met or missed.
 Exit status: 0 when every target is met, 3 when the run completed but missed a target, 2 on bad arguments
@@ -91,11 +92,17 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _processes(scenario: str, workers: int) -> str:
+    if workers == 1:
+        return ""
+    return f" ({workers} processes of each server)" if scenario == "compare" else f" ({workers} hub processes)"
+
+
 def to_markdown(doc: dict[str, Any]) -> str:
     r = doc["result"]
     m = doc["machine"]
     lines = [
-        f"# Load test: {doc['scenario']}" + (f" ({r['workers']} hub processes)" if r.get("workers", 1) > 1 else ""),
+        f"# Load test: {doc['scenario']}" + _processes(doc["scenario"], r.get("workers", 1)),
         "",
         f"- Command: `{doc['command']}`",
         f"- Date: {doc['date']}; driver: {doc['driver']}",
@@ -157,7 +164,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = Config()
     p.add_argument("scenario", choices=SCENARIO_NAMES)
     p.add_argument("--students", type=int, default=d.students)
-    p.add_argument("--workers", type=int, default=d.workers, choices=(1, 2, 3, 4), help="hub processes")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=d.workers,
+        choices=(1, 2, 3, 4),
+        help="hub processes (compare: processes of each server)",
+    )
     p.add_argument("--rate", type=float, help="steady/proctors: answers/s in total (default: students / 5)")
     p.add_argument("--duration", type=float, default=d.duration, help="steady/proctors: seconds of load")
     p.add_argument("--warmup", type=float, default=d.warmup, help="steady/proctors: uncounted seconds of load first")

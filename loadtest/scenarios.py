@@ -498,8 +498,9 @@ async def compare(cfg: Config) -> dict[str, Any]:
     10-second trial's answers: its p99). A target stops after two rates in a row that did not count."""
     async with (
         servers(cfg) as hub,
-        driver.baseline_process("ceiling", "--redis-url", hub.redis_url) as ceiling_url,
-        driver.baseline_process("http_pg", "--database-url", hub.database_url) as http_url,
+        # as many processes of each baseline as the hub has (--workers): one process against one, or N against N
+        driver.baseline_process("ceiling", "--redis-url", hub.redis_url, workers=cfg.workers) as ceiling_url,
+        driver.baseline_process("http_pg", "--database-url", hub.database_url, workers=cfg.workers) as http_url,
     ):
         targets: list[driver.Target] = [
             driver.ExamhubTarget(hub, cfg.template),

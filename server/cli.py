@@ -11,7 +11,7 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -180,13 +180,21 @@ def _worker(settings: Settings) -> None:
 def _serve_workers(settings: Settings, n: int) -> int:
     """N independent hub processes on one port: the kernel spreads connections over them (SO_REUSEPORT).
     They share only Redis and PostgreSQL; any of them can serve any session."""
+    banner = f"examhub: {n} hub processes on http://{settings.host}:{settings.port}"
+    return run_processes(_worker, (settings,), n, "examhub", banner)
+
+
+def run_processes(target: Callable[..., None], args: tuple[Any, ...], n: int, name: str, banner: str = "") -> int:
+    """`target(*args)` in n spawned processes, stopped together on SIGTERM or SIGINT; the highest exit status.
+    (The load test's baseline servers run their --workers this way too: loadtest/baselines/.)"""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_worker, args=(settings,), name=f"examhub-{i}") for i in range(n)]
+    workers = [ctx.Process(target=target, args=args, name=f"{name}-{i}") for i in range(n)]
     for w in workers:
         w.start()
-    print(f"examhub: {n} hub processes on http://{settings.host}:{settings.port}", flush=True)
+    if banner:
+        print(banner, flush=True)
 
     def stop(signum: int, frame: object) -> None:
         for w in workers:

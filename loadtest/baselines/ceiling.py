@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError, ResponseError
 
-from loadtest.baselines import serve_until_signal
+from loadtest.baselines import run, serve_until_signal
 
 STUDENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 CHOICE = re.compile(r"^[A-Za-z0-9]{1,8}$")
@@ -205,7 +205,7 @@ def _error(seq: int | None, code: str, message: str) -> str:
     return orjson.dumps({"type": "error", "seq": seq, "code": code, "message": message}).decode()
 
 
-async def serve(port: int, redis_url: str, prefix: str, ttl_s: int) -> None:
+async def serve(port: int, redis_url: str, prefix: str, ttl_s: int, reuse_port: bool) -> None:
     redis = Redis.from_url(redis_url)
     await redis.ping()
     ceiling = Ceiling(redis, prefix, ttl_s)
@@ -214,7 +214,7 @@ async def serve(port: int, redis_url: str, prefix: str, ttl_s: int) -> None:
     app.router.add_get("/ws", ceiling.ws)
     app.on_shutdown.append(lambda _: ceiling.close_all())  # before the runner waits for the handlers
     try:
-        await serve_until_signal(app, port, f"ceiling: serving on http://127.0.0.1:{port}/ws")
+        await serve_until_signal(app, port, f"ceiling: serving on http://127.0.0.1:{port}/ws", reuse_port)
     finally:
         await ceiling.writer.close()
         await redis.aclose()
@@ -226,11 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redis-url", required=True)
     p.add_argument("--prefix", default="ceiling", help="Redis key prefix (default: ceiling)")
     p.add_argument("--ttl", type=int, default=86_400, help="seconds each student's hash lives (default: a day)")
+    p.add_argument("--workers", type=int, default=1, choices=(1, 2, 3, 4), help="processes sharing the port")
     args = p.parse_args(argv)
-    import uvloop
-
-    uvloop.run(serve(args.port, args.redis_url, args.prefix, args.ttl))
-    return 0
+    return run(serve, (args.port, args.redis_url, args.prefix, args.ttl), args.workers)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from loadtest.baselines import serve_until_signal
+from loadtest.baselines import run, serve_until_signal
 
 STUDENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 CHOICE = re.compile(r"^[A-Za-z0-9]{1,8}$")
@@ -96,15 +96,17 @@ async def answer(request: web.Request) -> web.Response:
     return web.json_response({"ack": seq})
 
 
-async def serve(port: int, database_url: str, pool_size: int) -> None:
+async def serve(port: int, database_url: str, pool_size: int, reuse_port: bool) -> None:
     pool = await asyncpg.create_pool(database_url, min_size=pool_size, max_size=pool_size)
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
+        # --workers N start together: two concurrent CREATE TABLE IF NOT EXISTS can both try to create it
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('baseline_answers'))")
         await conn.execute(SCHEMA)
     app = web.Application(client_max_size=4096)  # an answer is under 200 bytes
     app[POOL] = pool
     app.router.add_post("/answer", answer)
     try:
-        await serve_until_signal(app, port, f"http_pg: serving on http://127.0.0.1:{port}/answer")
+        await serve_until_signal(app, port, f"http_pg: serving on http://127.0.0.1:{port}/answer", reuse_port)
     finally:
         await pool.close()
 
@@ -113,12 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--database-url", required=True)
-    p.add_argument("--pool-size", type=int, default=20, help="PostgreSQL connections (default 20)")
+    p.add_argument("--pool-size", type=int, default=20, help="PostgreSQL connections per process (default 20)")
+    p.add_argument("--workers", type=int, default=1, choices=(1, 2, 3, 4), help="processes sharing the port")
     args = p.parse_args(argv)
-    import uvloop
-
-    uvloop.run(serve(args.port, args.database_url, args.pool_size))
-    return 0
+    return run(serve, (args.port, args.database_url, args.pool_size), args.workers)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from loadtest.driver import children
 from storage.embedded import EmbeddedRedis, free_port
 from tests.conftest import REDIS_URL
 
@@ -24,6 +26,12 @@ from tests.conftest import REDIS_URL
 @contextmanager
 def server(module: str, *args: str, log_path: Path) -> Iterator[str]:
     """`python -m loadtest.baselines.<module> --port P ...` until /healthz answers; stopped with SIGTERM."""
+    with server_process(module, *args, log_path=log_path) as (url, _):
+        yield url
+
+
+@contextmanager
+def server_process(module: str, *args: str, log_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", f"loadtest.baselines.{module}", "--port", str(port), *args],
@@ -41,10 +49,38 @@ def server(module: str, *args: str, log_path: Path) -> Iterator[str]:
                     assert proc.poll() is None, log_path.read_text()
                     assert time.monotonic() < deadline, log_path.read_text()
                     time.sleep(0.1)
-            yield url
+            yield url, proc
         finally:
             proc.terminate()
             assert proc.wait(20) == 0, log_path.read_text()  # a clean shutdown on SIGTERM
+
+
+def worker_sockets(parent: int) -> dict[int, int]:
+    """Sockets held by each worker process of a baseline started with --workers (its children, but for
+    multiprocessing's resource tracker)."""
+    held = {}
+    for child in children(parent):
+        if b"resource_tracker" in Path(f"/proc/{child}/cmdline").read_bytes():
+            continue
+        fds = Path(f"/proc/{child}/fd")
+        held[child] = sum(1 for fd in fds.iterdir() if os.readlink(fd).startswith("socket:"))
+    return held
+
+
+async def both_listening(parent: int) -> dict[int, int]:
+    """/healthz answers once the first worker listens: wait for the second (and a second for it to bind)."""
+    for _ in range(100):
+        if len(worker_sockets(parent)) == 2:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)
+    held = worker_sockets(parent)
+    assert len(held) == 2, held
+    return held
+
+
+def alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
 
 
 @pytest.fixture
@@ -72,6 +108,27 @@ async def test_ceiling_acks_only_what_redis_holds(redis: Redis, prefix: str, htt
             assert 0 < await redis.ttl(key) <= 600
         for ws in students.values():
             await ws.close()
+
+
+async def test_ceiling_workers_share_the_port(redis: Redis, prefix: str, http: aiohttp.ClientSession,
+                                             tmp_path: Path) -> None:  # fmt: skip
+    """--workers 2: two processes on one port (SO_REUSEPORT, as `examhub serve --workers 2`), both taking students,
+    each ack still only after Redis holds the answer; SIGTERM stops both (server() checks the exit status)."""
+    with server_process("ceiling", "--redis-url", REDIS_URL, "--prefix", prefix, "--workers", "2",
+                        log_path=tmp_path / "ceiling.log") as (url, proc):  # fmt: skip
+        before = await both_listening(proc.pid)
+        students = [await http.ws_connect(f"{url}/ws?student=w{i}") for i in range(40)]
+        for i, ws in enumerate(students):
+            await ws.send_str(json.dumps({"type": "answer", "seq": 1, "q": i, "choice": "A"}))
+        for ws in students:
+            assert json.loads((await ws.receive(timeout=5)).data) == {"type": "ack", "seq": 1}
+        after = worker_sockets(proc.pid)
+        assert after.keys() == before.keys() and all(after[p] > before[p] for p in before), (before, after)
+        for i in range(40):
+            assert await redis.hgetall(f"{prefix}:{{w{i}}}:ans") == {str(i): "A|1"}
+        for ws in students:
+            await ws.close()
+    assert not any(map(alive, before))
 
 
 async def test_ceiling_bad_input(redis: Redis, prefix: str, http: aiohttp.ClientSession, tmp_path: Path) -> None:
@@ -154,6 +211,28 @@ async def test_http_pg_acks_only_committed_answers(own_database_url: str, http: 
     assert saved[("st1", 10)] == ("A", 3) and saved[("st1", 11)] == ("B", 1) and saved[("st1", 12)] == ("C", 2)
     assert saved[("42", 10)] == ("D", 1)
     assert len(saved) == 5 * 3 + 1
+
+
+async def test_http_pg_workers_share_the_port(own_database_url: str, http: aiohttp.ClientSession,
+                                              tmp_path: Path) -> None:  # fmt: skip
+    """--workers 2: both processes make the table at start-up without tripping over each other, both take
+    requests, and every ack is a committed row."""
+    with server_process("http_pg", "--database-url", own_database_url, "--pool-size", "2", "--workers", "2",
+                        log_path=tmp_path / "http_pg.log") as (url, proc):  # fmt: skip
+        before = await both_listening(proc.pid)
+
+        async def post(i: int) -> None:
+            async with http.post(f"{url}/answer", json={"student": f"w{i}", "seq": 1, "q": 1, "choice": "A"}) as r:
+                assert r.status == 200 and await r.json() == {"ack": 1}, await r.text()
+
+        await asyncio.gather(*(post(i) for i in range(40)))  # 40 at once: 40 connections
+        after = worker_sockets(proc.pid)
+        assert all(after[p] > before[p] for p in before), (before, after)
+    conn = await asyncpg.connect(own_database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM baseline_answers WHERE choice = 'A'") == 40
+    finally:
+        await conn.close()
 
 
 async def test_http_pg_bad_input(own_database_url: str, http: aiohttp.ClientSession, tmp_path: Path) -> None:

@@ -85,8 +85,12 @@ def test_proctors(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_compare(tmp_path: Path) -> None:
-    r = run(tmp_path, "compare", "--students", STUDENTS, "--rates", "100,200", "--step", "2")
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_compare(tmp_path: Path, workers: str) -> None:
+    """--workers 2: two processes of each server (the baselines too: N against N)."""
+    more = ["--workers", workers] if workers != "1" else []
+    r = run(tmp_path, "compare", "--students", STUDENTS, "--rates", "100,200", "--step", "2", *more)
+    assert r["workers"] == int(workers)
     assert sorted({row["target"] for row in r["rows"]}) == ["ceiling", "examhub", "http_pg"]
     for row in r["rows"]:
         assert row["errors"] == 0 and row["acked"] > 0, row
