@@ -9,6 +9,7 @@ turns, --repeat times, so that drift on a shared machine falls on all of them al
 
 Variants (the script's text, edited here; only `current` is what examhub runs):
 - current:       the shipped script: HMGET meta, HSET ans, HSET meta last_seq.
+- inline:        the same commands, an answer run inline in the merged loop (no two tables and pcall per call).
 - no_last_seq:   without the last_seq write. NOT a valid design (a resent answer would be stored twice); the upper
                  bound of what moving last_seq anywhere else can save.
 - seq_in_ans:    last_seq kept in the ans hash, written by the answer's own HSET; read by one more HGET.
@@ -52,6 +53,38 @@ def _edit(body: str, *changes: tuple[str, str]) -> str:
     return body
 
 
+# The merged loop with an answer's checks and writes inline, read from KEYS and ARGV at the call's offsets: no two
+# tables and no pcall per call; any other op, and an answer past its deadline (it finishes the session), via one().
+_INLINE_LOOP = """
+local out, ki, ai = {}, 1, 2
+for i = 1, tonumber(ARGV[1]) do
+  local nk, na = tonumber(ARGV[ai]), tonumber(ARGV[ai + 1])
+  local late = false
+  if ARGV[ai + 2] == 'answer' and na == 6 then
+    local meta, ans, epoch, seq = KEYS[ki], KEYS[ki + 1], ARGV[ai + 4], tonumber(ARGV[ai + 5])
+    local m = redis.call('HMGET', meta, 'epoch', 'status', 'last_seq', 'deadline_ms', 'grace_ms')
+    local now = now_ms()
+    if not m[1] then out[i] = {'NO_SESSION'}
+    elseif m[1] ~= epoch then out[i] = {'FENCED', now}
+    elseif seq <= tonumber(m[3]) then out[i] = {'DUP', now}
+    elseif m[2] ~= 'active' then out[i] = {'NOT_ACTIVE', now, m[2]}
+    elseif now > tonumber(m[4]) + tonumber(m[5]) then late = true
+    else
+      redis.call('HSET', ans, ARGV[ai + 6], ARGV[ai + 7])
+      redis.call('HSET', meta, 'last_seq', seq)
+      out[i] = {'OK', now}
+    end
+  end
+  if late or out[i] == nil then
+    local ok, reply = pcall(one, {unpack(KEYS, ki, ki + nk - 1)}, {unpack(ARGV, ai + 2, ai + 1 + na)})
+    out[i] = ok and reply or {'ERR', tostring(reply)}
+  end
+  ki, ai = ki + nk, ai + 2 + na
+end
+return out
+"""
+
+
 def variants() -> dict[str, str]:
     body = _read("apply.lua")
     edited = {
@@ -70,10 +103,11 @@ def variants() -> dict[str, str]:
         ),
     }
 
-    def many(b: str) -> str:  # as storage/scripts.py's _load_many wraps apply.lua
-        return _read("_lib.lua") + "\nlocal function one(KEYS, ARGV)\n" + b + "\nend\n" + _read("_many.lua")
+    def many(b: str, loop: str = _read("_many.lua")) -> str:  # as storage/scripts.py's _load_many wraps apply.lua
+        return _read("_lib.lua") + "\nlocal function one(KEYS, ARGV)\n" + b + "\nend\n" + loop
 
-    return {"current": Scripts.load().apply_many.source} | {n: many(b) for n, b in edited.items()}
+    shipped = {"current": Scripts.load().apply_many.source, "inline": many(body, _INLINE_LOOP)}
+    return shipped | {n: many(b) for n, b in edited.items()}
 
 
 def run(redis: Redis, pid: int, sha: str, batch: int, rounds: int, sids: list[str], seqs: dict[str, int]) -> float:

@@ -155,7 +155,7 @@ def test_lua_variants() -> None:
     proc = subprocess.run([sys.executable, "-m", "loadtest.lua_variants", "--rounds", "20", "--repeat", "1"],
                           check=False, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in ("current", "no_last_seq", "seq_in_ans", "one_hash"):
+    for name in ("current", "inline", "no_last_seq", "seq_in_ans", "one_hash"):
         assert re.search(rf"^  {name} +\d+\.\d us", proc.stdout, re.M), proc.stdout
     bad = subprocess.run([sys.executable, "-m", "loadtest.lua_variants", "--batch", "0"],
                          check=False, capture_output=True, text=True, timeout=60)  # fmt: skip
