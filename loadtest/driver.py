@@ -151,6 +151,17 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def worker_pids(pid: int) -> list[int]:
+    """The worker processes of `examhub serve --workers N` or a baseline's --workers: its children but for
+    multiprocessing's resource tracker, which the spawn start method runs beside them."""
+    found = []
+    for child in children(pid):
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+    return found
+
+
 def _tail(log: Path) -> str:
     return log.read_text(errors="replace")[-3000:]
 
@@ -224,7 +235,7 @@ async def _wait_workers(proc: asyncio.subprocess.Process, workers: int) -> None:
     to bind."""
     if workers > 1:
         for _ in range(100):
-            if len(children(proc.pid)) >= workers:
+            if len(worker_pids(proc.pid)) >= workers:
                 break
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)

@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from loadtest.driver import children
+from loadtest.driver import worker_pids
 from storage.embedded import EmbeddedRedis, free_port
 from tests.conftest import REDIS_URL
 
@@ -56,12 +56,9 @@ def server_process(module: str, *args: str, log_path: Path) -> Iterator[tuple[st
 
 
 def worker_sockets(parent: int) -> dict[int, int]:
-    """Sockets held by each worker process of a baseline started with --workers (its children, but for
-    multiprocessing's resource tracker)."""
+    """Sockets held by each worker process of a baseline started with --workers."""
     held = {}
-    for child in children(parent):
-        if b"resource_tracker" in Path(f"/proc/{child}/cmdline").read_bytes():
-            continue
+    for child in worker_pids(parent):
         fds = Path(f"/proc/{child}/fd")
         held[child] = sum(1 for fd in fds.iterdir() if os.readlink(fd).startswith("socket:"))
     return held
