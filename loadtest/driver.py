@@ -222,23 +222,28 @@ async def hub_process(database_url: str, redis_url: str, prefix: str, port: int 
     url = f"http://127.0.0.1:{port}"
     try:
         await _wait_ready(url, proc, log_path)
-        await _wait_workers(proc, workers)
+        await wait_workers(proc.pid, workers, log_path)
         yield Hub(url, proc.pid, database_url, redis_url, prefix, log_path)
     finally:
         await _stop(proc)
         log.close()
 
 
-async def _wait_workers(proc: asyncio.subprocess.Process, workers: int) -> None:
+async def wait_workers(pid: int, workers: int, log: Path | None = None) -> list[int]:
     """A server of several processes (SO_REUSEPORT) answers once its first one listens; the kernel would give the
     first connections all to that one, so the load starts once every worker process is there and has had a second
-    to bind."""
-    if workers > 1:
-        for _ in range(100):
-            if len(worker_pids(proc.pid)) >= workers:
-                break
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(1.0)
+    to bind. Fewer than `workers` after 10 s is an error (a run with fewer would measure something else)."""
+    if workers == 1:
+        return [pid]
+    for _ in range(100):
+        if len(worker_pids(pid)) >= workers:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)
+    found = worker_pids(pid)
+    if len(found) < workers:
+        raise RuntimeError(f"{len(found)} of {workers} worker processes running" + (f":\n{_tail(log)}" if log else ""))
+    return found
 
 
 @contextlib.asynccontextmanager
@@ -252,7 +257,7 @@ async def baseline_process(name: str, *args: str, workers: int = 1) -> AsyncIter
                                                 "--port", str(port), *more, *args, stdout=log, stderr=log)  # fmt: skip
     try:
         await _wait_port(port, proc, log_path)
-        await _wait_workers(proc, workers)
+        await wait_workers(proc.pid, workers, log_path)
         yield f"http://127.0.0.1:{port}"
     finally:
         await _stop(proc)

@@ -35,7 +35,7 @@ from redis import Redis
 from loadtest.driver import tree_cpu_s
 from storage.embedded import EmbeddedRedis, free_port
 from storage.keys import Keys
-from storage.scripts import Scripts, _read
+from storage.scripts import Scripts, lua_source, many_source
 
 SESSIONS = 2000
 _READ_META = (
@@ -86,7 +86,7 @@ return out
 
 
 def variants() -> dict[str, str]:
-    body = _read("apply.lua")
+    body = lua_source("apply.lua")
     edited = {
         "no_last_seq": _edit(body, (_WRITE_SEQ, "")),
         "seq_in_ans": _edit(
@@ -103,11 +103,8 @@ def variants() -> dict[str, str]:
         ),
     }
 
-    def many(b: str, loop: str = _read("_many.lua")) -> str:  # as storage/scripts.py's _load_many wraps apply.lua
-        return _read("_lib.lua") + "\nlocal function one(KEYS, ARGV)\n" + b + "\nend\n" + loop
-
-    shipped = {"current": Scripts.load().apply_many.source, "inline": many(body, _INLINE_LOOP)}
-    return shipped | {n: many(b) for n, b in edited.items()}
+    shipped = {"current": Scripts.load().apply_many.source, "inline": many_source(body, _INLINE_LOOP)}
+    return shipped | {n: many_source(b) for n, b in edited.items()}
 
 
 def run(redis: Redis, pid: int, sha: str, batch: int, rounds: int, sids: list[str], seqs: dict[str, int]) -> float:

@@ -22,18 +22,25 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
-def _read(name: str) -> str:
+def lua_source(name: str) -> str:
+    """The text of one file of storage/lua/."""
     return resources.files("storage").joinpath("lua", name).read_text(encoding="utf-8")
 
 
+def many_source(body: str, loop: str | None = None) -> str:
+    """A script's text (`body`) as a "many" script: wrapped as `one(KEYS, ARGV)` and run for each caller in turn by
+    lua/_many.lua (or by `loop`: loadtest/lua_variants.py measures another)."""
+    wrapped = f"local function one(KEYS, ARGV)\n{body}\nend\n"
+    return lua_source("_lib.lua") + "\n" + wrapped + (lua_source("_many.lua") if loop is None else loop)
+
+
 def _load(name: str) -> Script:
-    return Script(name, _read("_lib.lua") + "\n" + _read(f"{name}.lua"))
+    return Script(name, lua_source("_lib.lua") + "\n" + lua_source(f"{name}.lua"))
 
 
 def _load_many(name: str) -> Script:
     """`name` for several callers in one call (lua/_many.lua): the writer merges a pipeline's calls into it."""
-    body = f"local function one(KEYS, ARGV)\n{_read(f'{name}.lua')}\nend\n"
-    return Script(f"{name}_many", _read("_lib.lua") + "\n" + body + _read("_many.lua"))
+    return Script(f"{name}_many", many_source(lua_source(f"{name}.lua")))
 
 
 _NAMES = ("create", "open", "apply", "expire", "flushed", "leave", "control", "publish", "lease")

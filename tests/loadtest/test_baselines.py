@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from loadtest.driver import worker_pids
+from loadtest.driver import wait_workers, worker_pids
 from storage.embedded import EmbeddedRedis, free_port
 from tests.conftest import REDIS_URL
 
@@ -65,12 +65,8 @@ def worker_sockets(parent: int) -> dict[int, int]:
 
 
 async def both_listening(parent: int) -> dict[int, int]:
-    """/healthz answers once the first worker listens: wait for the second (and a second for it to bind)."""
-    for _ in range(100):
-        if len(worker_sockets(parent)) == 2:
-            break
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(1.0)
+    """/healthz answers once the first worker listens: wait for the second, as the load driver does."""
+    await wait_workers(parent, 2)
     held = worker_sockets(parent)
     assert len(held) == 2, held
     return held
@@ -230,6 +226,23 @@ async def test_http_pg_workers_share_the_port(own_database_url: str, http: aioht
         assert await conn.fetchval("SELECT count(*) FROM baseline_answers WHERE choice = 'A'") == 40
     finally:
         await conn.close()
+
+
+async def test_a_server_short_of_workers_is_an_error(tmp_path: Path) -> None:
+    """The load must not start on fewer processes than asked for: the wait says how many it found, with the log."""
+    log = tmp_path / "server.log"
+    log.write_text("worker 1 failed: address in use")
+    with pytest.raises(RuntimeError, match=r"0 of 2 worker processes running:\n.*address in use"):
+        await wait_workers(os.getpid(), 2, log)  # this process has no spawned workers
+
+
+@pytest.mark.parametrize("module", ["ceiling", "http_pg"])
+@pytest.mark.parametrize("workers", ["0", "5", "x"])
+def test_baselines_refuse_bad_worker_counts(module: str, workers: str) -> None:
+    store = ["--redis-url", "redis://127.0.0.1:1/0"] if module == "ceiling" else ["--database-url", "postgresql://x"]
+    proc = subprocess.run([sys.executable, "-m", f"loadtest.baselines.{module}", "--port", "1", *store,
+                           "--workers", workers], check=False, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and "--workers" in proc.stderr, proc.stderr
 
 
 async def test_http_pg_bad_input(own_database_url: str, http: aiohttp.ClientSession, tmp_path: Path) -> None:
