@@ -7,14 +7,14 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import secrets
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from server import workers
 from server.settings import Settings, SettingsError
 
 log = logging.getLogger("examhub")
@@ -78,6 +78,7 @@ async def _serve(settings: Settings, banner: bool, reuse_port: bool = False) -> 
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, reuse_port=reuse_port or None,
                        backlog=LISTEN_BACKLOG)  # fmt: skip
     await site.start()
+    workers.ready()  # `serve --workers N`: the parent now replaces this process should it die (server/workers.py)
     _tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -180,33 +181,10 @@ def _worker(settings: Settings) -> None:
 def _serve_workers(settings: Settings, n: int) -> int:
     """N independent hub processes on one port: the kernel spreads connections over them (SO_REUSEPORT).
     They share only Redis and PostgreSQL; any of them can serve any session."""
+    from server.workers import run_processes
+
     banner = f"examhub: {n} hub processes on http://{settings.host}:{settings.port}"
     return run_processes(_worker, (settings,), n, "examhub", banner)
-
-
-def run_processes(target: Callable[..., None], args: tuple[Any, ...], n: int, name: str, banner: str = "") -> int:
-    """`target(*args)` in n spawned processes, stopped together on SIGTERM or SIGINT; the highest exit status.
-    (The load test's baseline servers run their --workers this way too: loadtest/baselines/.)"""
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=target, args=args, name=f"{name}-{i}") for i in range(n)]
-    for w in workers:
-        w.start()
-    if banner:
-        print(banner, flush=True)
-
-    def stop(signum: int, frame: object) -> None:
-        for w in workers:
-            if w.is_alive() and w.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(w.pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for w in workers:
-        w.join()
-    return max((w.exitcode or 0) for w in workers)
 
 
 def _run(coro: Any) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server.cli import run_processes
+from server.workers import ready, run_processes
 
 Serve = Callable[..., Coroutine[Any, Any, None]]
 
@@ -48,6 +48,7 @@ async def serve_until_signal(app: web.Application, port: int, banner: str, reuse
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, reuse_port=reuse_port or None).start()
+    ready()
     gc.collect()
     gc.freeze()
     gc.set_threshold(100_000, 50, 1000)

@@ -1,0 +1,203 @@
+"""Several processes of one server on one port, kept at strength: `examhub serve --workers N` and the load test's
+baseline servers (loadtest/baselines/) run this way.
+
+The parent spawns N workers and watches them. A worker that exits while nobody asked it to (killed by the kernel's
+OOM killer, a crash in a C extension, a `kill` aimed at it) is replaced, so that a machine serving N processes' worth
+of students does not go on at N-1 unnoticed: every live session it held reconnects to a surviving process at once
+(sessions are not pinned to a process) and the replacement takes new connections as soon as it listens. Two cases
+are not retried, since restarting cannot mend them and the outer supervisor (systemd, Docker's restart policy)
+should see a failure:
+
+- a worker of the first generation that exits before it listens (a taken port, bad settings): everything stops and
+  the exit status is that worker's;
+- deaths faster than `max_deaths` within `window_s` (a crash loop): everything stops, with status 1.
+
+Replacements after a second death in a row wait 1, 2, 4... seconds (at most 10), so that a worker that keeps dying
+does not spin the machine. SIGTERM or SIGINT stops every worker (each shuts down as it would alone); a worker still
+running `stop_grace_s` later is killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+_to_parent: list[Connection] = []  # in a worker: the pipe its parent waits on (ready())
+
+
+def ready() -> None:
+    """Called by a server once it listens. In a worker, tells the parent (once); elsewhere, nothing."""
+    while _to_parent:
+        conn = _to_parent.pop()
+        with contextlib.suppress(OSError):
+            conn.send_bytes(b"listening")
+        conn.close()
+
+
+def _child(conn: Connection, target: Callable[..., None], args: tuple[Any, ...]) -> None:
+    _to_parent.append(conn)
+    target(*args)
+
+
+def exit_status(exitcode: int | None) -> int:
+    """A process' exit code as a shell shows it: 128 + N for a process killed by signal N."""
+    if exitcode is None:
+        return 0
+    return 128 - exitcode if exitcode < 0 else exitcode
+
+
+def _describe(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-exitcode).name}"
+    return f"exited with status {exitcode}"
+
+
+@dataclass
+class _Slot:
+    index: int
+    process: BaseProcess
+    pipe: Connection | None  # closed and None once the worker said it listens (or died)
+    first: bool  # of the first generation: an exit before it listens stops everything
+    replaces: int | None = None  # the pid of the worker it took the place of
+    listening: bool = False
+
+
+@dataclass
+class Supervisor:
+    target: Callable[..., None]
+    args: tuple[Any, ...]
+    n: int
+    name: str
+    max_deaths: int = 5
+    window_s: float = 60.0
+    backoff_s: float = 1.0
+    max_backoff_s: float = 10.0
+    stop_grace_s: float = 30.0
+    _slots: dict[int, _Slot] = field(default_factory=dict)
+    _deaths: deque[float] = field(default_factory=deque)
+    _pending: dict[int, tuple[float, int | None]] = field(default_factory=dict)  # slot -> (start at, dead pid)
+    _stopping: bool = False
+    _banner: str = ""
+
+    def _ctx(self) -> Any:
+        return multiprocessing.get_context("spawn")
+
+    def _start(self, index: int, replaces: int | None = None) -> None:
+        ctx = self._ctx()
+        reader, writer = ctx.Pipe(duplex=False)
+        process = ctx.Process(target=_child, args=(writer, self.target, self.args), name=f"{self.name}-{index}")
+        process.start()
+        writer.close()  # the worker has its own end: the parent's reader sees EOF when the worker dies
+        self._slots[index] = _Slot(index, process, reader, first=replaces is None, replaces=replaces)
+        if self._stopping and process.pid is not None:  # a stop signal came while it was being started
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
+
+    def stop(self, signum: int = signal.SIGTERM, frame: object = None) -> None:
+        self._stopping = True  # (replacements not yet started never will be: run() stops watching)
+        for slot in self._slots.values():
+            if slot.process.is_alive() and slot.process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.process.pid, signal.SIGTERM)
+
+    def run(self, banner: str = "") -> int:
+        """Until stopped; the banner is printed once every worker of the first generation listens."""
+        self._banner = banner
+        for i in range(self.n):
+            self._start(i)
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        status = 0
+        while not self._stopping:
+            status = self._watch()
+        return max(status, self._drain())
+
+    def _watch(self) -> int:
+        """Wait for a worker to exit or a replacement to fall due (at most a second: a stop signal is looked at
+        that often); deal with it. A status other than 0 means everything is being stopped for it."""
+        now = time.monotonic()
+        due = [(i, pid) for i, (at, pid) in self._pending.items() if at <= now]
+        for index, pid in due:
+            del self._pending[index]
+            self._start(index, replaces=pid)
+        timeout = min([1.0, *(max(0.0, at - now) for at, _ in self._pending.values())])
+        waitables: list[Connection | int] = [s.process.sentinel for s in self._slots.values()]
+        waitables += [s.pipe for s in self._slots.values() if s.pipe is not None]
+        ready = wait(waitables, timeout=timeout)
+        if self._stopping:
+            return 0
+        for slot in self._slots.values():
+            if slot.pipe is not None and slot.pipe in ready:
+                self._heard(slot)
+        for slot in [s for s in self._slots.values() if s.process.sentinel in ready]:
+            slot.process.join()
+            del self._slots[slot.index]
+            code = slot.process.exitcode
+            who = f"{self.name}: worker {slot.process.name} (pid {slot.process.pid})"
+            if slot.pipe is not None:
+                self._heard(slot)  # it may have said it listens before it died
+            if slot.first and not slot.listening:
+                print(f"{who} {_describe(code)} before it listened; stopping", file=sys.stderr, flush=True)
+                self.stop()
+                return exit_status(code) or 1
+            now = time.monotonic()
+            self._deaths.append(now)
+            while self._deaths and self._deaths[0] < now - self.window_s:
+                self._deaths.popleft()
+            if len(self._deaths) > self.max_deaths:
+                print(f"{who} {_describe(code)}; {len(self._deaths)} workers ended within {self.window_s:g} s: "
+                      "stopping", file=sys.stderr, flush=True)  # fmt: skip
+                self.stop()
+                return 1
+            recent = len(self._deaths)
+            delay = 0.0 if recent == 1 else min(self.max_backoff_s, self.backoff_s * 2 ** (recent - 2))
+            print(f"{who} {_describe(code)}; starting another in {delay:g} s", file=sys.stderr, flush=True)
+            self._pending[slot.index] = (now + delay, slot.process.pid)
+        return 0
+
+    def _heard(self, slot: _Slot) -> None:
+        """The worker's pipe is readable: it says it listens, or it closed without saying so (it died)."""
+        assert slot.pipe is not None
+        with contextlib.suppress(EOFError, OSError):
+            slot.listening = slot.pipe.recv_bytes() == b"listening"
+        slot.pipe.close()
+        slot.pipe = None
+        if not slot.listening:
+            return
+        if slot.replaces is not None:
+            print(f"{self.name}: worker {slot.process.name} (pid {slot.process.pid}) listens, in place of pid "
+                  f"{slot.replaces}", file=sys.stderr, flush=True)  # fmt: skip
+        elif self._banner and all(s.listening for s in self._slots.values() if s.first):
+            print(self._banner, flush=True)
+            self._banner = ""
+
+    def _drain(self) -> int:
+        """After a stop: wait for every worker, killing any still running stop_grace_s later; the highest status."""
+        deadline = time.monotonic() + self.stop_grace_s
+        status = 0
+        for slot in self._slots.values():
+            slot.process.join(max(0.0, deadline - time.monotonic()))
+            if slot.process.exitcode is None:
+                print(f"{self.name}: worker {slot.process.name} (pid {slot.process.pid}) still running "
+                      f"{self.stop_grace_s:g} s after SIGTERM: killing it", file=sys.stderr, flush=True)  # fmt: skip
+                slot.process.kill()
+                slot.process.join()
+            status = max(status, exit_status(slot.process.exitcode))
+        return status
+
+
+def run_processes(target: Callable[..., None], args: tuple[Any, ...], n: int, name: str, banner: str = "") -> int:
+    """`target(*args)` in n spawned processes, kept at strength and stopped together on SIGTERM or SIGINT (see the
+    module's text); the exit status. The target calls ready() once it listens."""
+    return Supervisor(target, args, n, name).run(banner)

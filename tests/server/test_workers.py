@@ -1,0 +1,211 @@
+"""The worker supervisor (server/workers.py) on real processes: a dead worker is replaced, a worker that cannot start
+stops everything, a crash loop gives up, a stop is a stop; and `examhub serve --workers 2` on real PostgreSQL and
+Redis stays at two hub processes when one is killed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from loadtest.driver import worker_pids
+from server.workers import exit_status
+from storage.embedded import free_port
+from tests.conftest import REDIS_URL
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def supervise(tmp_path: Path, target: str, args: tuple[object, ...] = (), n: int = 2,
+              **options: float) -> subprocess.Popen[bytes]:  # fmt: skip
+    """A parent process running Supervisor(tests.server.worker_targets.<target>, args, n, "w", **options)."""
+    code = (
+        "import sys\n"
+        "from server.workers import Supervisor\n"
+        "from tests.server import worker_targets\n"
+        f"sys.exit(Supervisor(worker_targets.{target}, {args!r}, {n}, 'w', **{options!r}).run('w: all listen'))\n"
+    )
+    with (tmp_path / "supervisor.log").open("wb") as log:
+        return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def until(check: Callable[[], object], what: str, within_s: float = 20.0) -> object:
+    deadline = time.monotonic() + within_s
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"not within {within_s} s: {what}"
+        time.sleep(0.05)
+    return found
+
+
+def log_of(tmp_path: Path) -> str:
+    return (tmp_path / "supervisor.log").read_text(errors="replace")
+
+
+def logged(tmp_path: Path, text: str, within_s: float = 20.0) -> None:
+    until(lambda: text in log_of(tmp_path), f"{text!r} in the log", within_s)
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture
+def stopped() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Parents to kill, with their workers, whatever the test did."""
+    parents: list[subprocess.Popen[bytes]] = []
+    yield parents
+    for p in parents:
+        kids = worker_pids(p.pid)
+        p.kill()
+        p.wait(10)
+        for kid in kids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(kid, signal.SIGKILL)
+
+
+def test_exit_status_reads_as_a_shell_shows_it() -> None:
+    assert exit_status(0) == 0
+    assert exit_status(3) == 3
+    assert exit_status(-signal.SIGKILL) == 137
+    assert exit_status(None) == 0
+
+
+def test_a_killed_worker_is_replaced_and_a_stop_stops_all(
+    tmp_path: Path, stopped: list[subprocess.Popen[bytes]]
+) -> None:
+    parent = supervise(tmp_path, "serve")
+    stopped.append(parent)
+    logged(tmp_path, "w: all listen")
+    first = worker_pids(parent.pid)
+    assert len(first) == 2
+    victim = first[0]
+    os.kill(victim, signal.SIGKILL)
+    logged(tmp_path, f"listens, in place of pid {victim}")
+    after = worker_pids(parent.pid)
+    assert len(after) == 2 and victim not in after
+    assert first[1] in after, "the other worker was left alone"
+    assert f"(pid {victim}) was killed by SIGKILL; starting another in 0 s" in log_of(tmp_path)
+
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(20) == 0, log_of(tmp_path)
+    for pid in after:
+        until(lambda pid=pid: gone(pid), f"worker {pid} stopped", 5)
+
+
+def test_a_worker_that_ends_by_itself_is_replaced_too(tmp_path: Path, stopped: list[subprocess.Popen[bytes]]) -> None:
+    """A SIGTERM aimed at one worker (not at the parent) ends that worker cleanly; the parent starts another."""
+    parent = supervise(tmp_path, "serve")
+    stopped.append(parent)
+    logged(tmp_path, "w: all listen")
+    first = worker_pids(parent.pid)
+    os.kill(first[1], signal.SIGTERM)
+    logged(tmp_path, f"listens, in place of pid {first[1]}")
+    assert first[0] in worker_pids(parent.pid)
+    assert f"(pid {first[1]}) exited with status 0; starting another" in log_of(tmp_path)
+    assert parent.poll() is None
+
+
+def test_a_worker_that_cannot_start_stops_everything_with_its_status(
+    tmp_path: Path, stopped: list[subprocess.Popen[bytes]]
+) -> None:
+    parent = supervise(tmp_path, "fail_at_start", (3,))
+    stopped.append(parent)
+    assert parent.wait(20) == 3, log_of(tmp_path)
+    assert "exited with status 3 before it listened; stopping" in log_of(tmp_path)
+    assert "starting another" not in log_of(tmp_path)
+    assert "w: all listen" not in log_of(tmp_path)
+
+
+def test_a_crash_loop_gives_up(tmp_path: Path, stopped: list[subprocess.Popen[bytes]]) -> None:
+    parent = supervise(tmp_path, "crash_after_start", (1,), n=1, max_deaths=3, backoff_s=0.05)
+    stopped.append(parent)
+    assert parent.wait(60) == 1, log_of(tmp_path)
+    log = log_of(tmp_path)
+    assert log.count("exited with status 1; starting another") == 3, log
+    assert "4 workers ended within 60 s: stopping" in log
+
+
+def test_replacements_back_off(tmp_path: Path, stopped: list[subprocess.Popen[bytes]]) -> None:
+    parent = supervise(tmp_path, "crash_after_start", (1,), n=1, max_deaths=4, backoff_s=0.2)
+    stopped.append(parent)
+    assert parent.wait(60) == 1, log_of(tmp_path)
+    lines = log_of(tmp_path).splitlines()
+    delays = [line.rsplit("starting another in ", 1)[1] for line in lines if "another in" in line]
+    assert delays == ["0 s", "0.2 s", "0.4 s", "0.8 s"]
+
+
+def test_a_worker_deaf_to_sigterm_is_killed_after_the_grace(
+    tmp_path: Path, stopped: list[subprocess.Popen[bytes]]
+) -> None:
+    parent = supervise(tmp_path, "deaf", n=1, stop_grace_s=1.0)
+    stopped.append(parent)
+    logged(tmp_path, "w: all listen")
+    (worker,) = worker_pids(parent.pid)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(20) == 137, log_of(tmp_path)
+    assert "still running 1 s after SIGTERM: killing it" in log_of(tmp_path)
+    until(lambda: gone(worker), "the worker gone", 5)
+
+
+def listening(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a socket listening on `port` (IPv4), from /proc."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
+            inodes.add(fields[9])
+    try:
+        links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    except OSError:
+        return False
+    return any(f"socket:[{inode}]" in links for inode in inodes)
+
+
+def test_serve_with_two_workers_stays_at_two(own_database_url: str, prefix: str, tmp_path: Path,
+                                             stopped: list[subprocess.Popen[bytes]]) -> None:  # fmt: skip
+    """`examhub serve --workers 2` on real PostgreSQL and Redis: kill -9 one hub process, and another takes its
+    place on the port; the port answers throughout; SIGTERM stops the lot with status 0."""
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": own_database_url, "REDIS_URL": REDIS_URL, "EXAMHUB_REDIS_PREFIX": prefix,
+           "EXAMHUB_SECRET": "w" * 48, "EXAMHUB_REDIS_DURABILITY": "warn", "EXAMHUB_DATA_DIR": str(tmp_path),
+           "EXAMHUB_PORT": str(port)}  # fmt: skip
+    with (tmp_path / "supervisor.log").open("wb") as log:
+        parent = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--workers", "2"], cwd=ROOT, env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    stopped.append(parent)
+
+    def serving() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    logged(tmp_path, f"examhub: 2 hub processes on http://127.0.0.1:{port}", 60)
+    first = worker_pids(parent.pid)
+    assert len(first) == 2 and all(listening(p, port) for p in first)
+    os.kill(first[0], signal.SIGKILL)
+    assert serving(), "the other hub process still answers"
+    logged(tmp_path, f"listens, in place of pid {first[0]}", 60)
+    after = worker_pids(parent.pid)
+    assert len(after) == 2 and first[0] not in after and first[1] in after
+    assert all(listening(p, port) for p in after), "the new hub process holds a socket on the port"
+    assert all(serving() for _ in range(20))
+    assert f"(pid {first[0]}) was killed by SIGKILL; starting another in 0 s" in log_of(tmp_path)
+
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(30) == 0, log_of(tmp_path)
+    for pid in after:
+        until(lambda pid=pid: gone(pid), f"hub process {pid} stopped", 5)
