@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import secrets
@@ -60,6 +61,7 @@ def _tune_gc() -> None:
     gc.set_threshold(100_000, 50, 1000)
 
 
+LEASE_RELEASE_S = 2.0  # how long the parent of `serve --workers` tries to end a dead hub process' lease
 LISTEN_BACKLOG = 4096  # capped by net.core.somaxconn (4096 on current Linux)
 
 
@@ -78,7 +80,8 @@ async def _serve(settings: Settings, banner: bool, reuse_port: bool = False) -> 
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, reuse_port=reuse_port or None,
                        backlog=LISTEN_BACKLOG)  # fmt: skip
     await site.start()
-    workers.ready()  # `serve --workers N`: the parent now replaces this process should it die (server/workers.py)
+    # `serve --workers N`: the parent now replaces this process should it die, and then releases its lease
+    workers.ready(app[SERVICES].store.host)
     _tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -184,7 +187,28 @@ def _serve_workers(settings: Settings, n: int) -> int:
     from server.workers import run_processes
 
     banner = f"examhub: {n} hub processes on http://{settings.host}:{settings.port}"
-    return run_processes(_worker, (settings,), n, "examhub", banner)
+    return run_processes(_worker, (settings,), n, "examhub", banner, on_death=functools.partial(_released, settings))
+
+
+def _released(settings: Settings, host: str) -> None:
+    """A hub process has ended: end its lease now (RedisSessionStore.release_lease), so that its students count
+    as dropped when they reconnect to the others, not as second devices for the lease's remaining seconds."""
+
+    async def release() -> None:
+        from server.app import connect_redis
+        from storage.keys import Keys
+        from storage.scripts import Scripts
+        from storage.session_store import RedisSessionStore
+
+        redis = connect_redis(settings)
+        try:
+            async with asyncio.timeout(LEASE_RELEASE_S):
+                await RedisSessionStore.release_lease(redis, Scripts.load(), Keys(settings.redis_prefix), host)
+        finally:
+            await redis.aclose()
+
+    if host:
+        _run(release())
 
 
 def _run(coro: Any) -> Any:

@@ -12,6 +12,10 @@ should see a failure:
   the exit status is that worker's;
 - deaths faster than `max_deaths` within `window_s` (a crash loop): everything stops, with status 1.
 
+The parent hands the name each worker said it goes by (ready()) to `on_death` once that worker has ended: the hub
+releases the ended process' lease in Redis then, so that its students, reconnecting to the others, count as dropped
+at once and not as second devices (storage/lua/lease.lua).
+
 Replacements after a second death in a row wait 1, 2, 4... seconds (at most 10), so that a worker that keeps dying
 does not spin the machine. SIGTERM or SIGINT stops every worker (each shuts down as it would alone); a worker still
 running `stop_grace_s` later is killed.
@@ -35,12 +39,13 @@ from typing import Any
 _to_parent: list[Connection] = []  # in a worker: the pipe its parent waits on (ready())
 
 
-def ready() -> None:
-    """Called by a server once it listens. In a worker, tells the parent (once); elsewhere, nothing."""
+def ready(name: str = "") -> None:
+    """Called by a server once it listens. In a worker, tells the parent (once), with the name it goes by (the hub:
+    its lease's host id), which the parent hands to `on_death` when the worker has ended; elsewhere, nothing."""
     while _to_parent:
         conn = _to_parent.pop()
         with contextlib.suppress(OSError):
-            conn.send_bytes(b"listening")
+            conn.send_bytes(b"listening " + name.encode())
         conn.close()
 
 
@@ -71,6 +76,7 @@ class _Slot:
     first: bool  # of the first generation: an exit before it listens stops everything
     replaces: int | None = None  # the pid of the worker it took the place of
     listening: bool = False
+    name: str = ""  # what it said when it listened (ready())
 
 
 @dataclass
@@ -84,6 +90,8 @@ class Supervisor:
     backoff_s: float = 1.0
     max_backoff_s: float = 10.0
     stop_grace_s: float = 30.0
+    on_death: Callable[[str], None] | None = None  # called in the parent with the name of each worker that listened
+    # and has ended, whatever ended it (the hub releases its lease: server/cli.py)
     _slots: dict[int, _Slot] = field(default_factory=dict)
     _deaths: deque[float] = field(default_factory=deque)
     _pending: dict[int, tuple[float, int | None]] = field(default_factory=dict)  # slot -> (start at, dead pid)
@@ -121,7 +129,8 @@ class Supervisor:
         status = 0
         while not self._stopping:
             status = self._watch()
-        return max(status, self._drain())
+        drained = self._drain()
+        return status or drained  # stopped for a failure: that one's status, not the others' SIGTERM
 
     def _watch(self) -> int:
         """Wait for a worker to exit or a replacement to fall due (at most a second: a stop signal is looked at
@@ -147,6 +156,7 @@ class Supervisor:
             who = f"{self.name}: worker {slot.process.name} (pid {slot.process.pid})"
             if slot.pipe is not None:
                 self._heard(slot)  # it may have said it listens before it died
+            self._ended(slot)
             if slot.first and not slot.listening:
                 print(f"{who} {_describe(code)} before it listened; stopping", file=sys.stderr, flush=True)
                 self.stop()
@@ -170,7 +180,9 @@ class Supervisor:
         """The worker's pipe is readable: it says it listens, or it closed without saying so (it died)."""
         assert slot.pipe is not None
         with contextlib.suppress(EOFError, OSError):
-            slot.listening = slot.pipe.recv_bytes() == b"listening"
+            said = slot.pipe.recv_bytes()
+            slot.listening = said.startswith(b"listening")
+            slot.name = said[len(b"listening ") :].decode(errors="replace")
         slot.pipe.close()
         slot.pipe = None
         if not slot.listening:
@@ -193,11 +205,21 @@ class Supervisor:
                       f"{self.stop_grace_s:g} s after SIGTERM: killing it", file=sys.stderr, flush=True)  # fmt: skip
                 slot.process.kill()
                 slot.process.join()
+            self._ended(slot)
             status = max(status, exit_status(slot.process.exitcode))
         return status
 
+    def _ended(self, slot: _Slot) -> None:
+        if self.on_death is None or not slot.listening:
+            return
+        try:
+            self.on_death(slot.name)
+        except Exception as exc:  # the supervisor goes on whatever the hook does
+            print(f"{self.name}: after worker {slot.process.name} ended: {exc!r}", file=sys.stderr, flush=True)
 
-def run_processes(target: Callable[..., None], args: tuple[Any, ...], n: int, name: str, banner: str = "") -> int:
+
+def run_processes(target: Callable[..., None], args: tuple[Any, ...], n: int, name: str, banner: str = "",
+                  on_death: Callable[[str], None] | None = None) -> int:  # fmt: skip
     """`target(*args)` in n spawned processes, kept at strength and stopped together on SIGTERM or SIGINT (see the
     module's text); the exit status. The target calls ready() once it listens."""
-    return Supervisor(target, args, n, name).run(banner)
+    return Supervisor(target, args, n, name, on_death=on_death).run(banner)

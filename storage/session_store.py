@@ -282,9 +282,20 @@ class RedisSessionStore:
 
     async def renew_lease(self) -> None:
         """This process is alive: renew its lease in every partition (one pipelined script call each)."""
-        calls = [self._writer.call(self._scripts.lease, [self.keys.hosts(p)], [self.host, LEASE_FORGET_MS])
+        calls = [self._writer.call(self._scripts.lease, [self.keys.hosts(p)], [self.host, LEASE_FORGET_MS, "renew"])
                  for p in range(PARTITIONS)]  # fmt: skip
         await asyncio.gather(*calls)
+
+    @staticmethod
+    async def release_lease(redis: AnyRedis, scripts: Scripts, keys: Keys, host: str) -> None:
+        """Hub process `host` has ended (its parent saw it exit): its lease ends now, in every partition, so that
+        its students' next connections count as dropped since now, not as second devices until the lease would
+        have run out. Needs no writer: the parent of `serve --workers` calls it (server/workers.py)."""
+        await scripts.register(redis)  # (SCRIPT LOAD is idempotent: the caller may be a fresh client)
+        pipe = redis.pipeline(transaction=False)
+        for p in range(PARTITIONS):
+            pipe.evalsha(scripts.lease.sha, 1, keys.hosts(p), host, LEASE_FORGET_MS, "release")
+        await pipe.execute()
 
     async def live_hosts(self, max_age_s: float = 1.0) -> frozenset[str]:
         """The hub processes whose lease holds (every process renews every partition; partition 0 tells)."""
@@ -293,6 +304,7 @@ class RedisSessionStore:
             raw = await self._redis.hgetall(self.keys.hosts(0))
             seconds, micros = await self._redis.time()  # leases are on Redis' clock
             now = int(seconds) * 1000 + int(micros) // 1000
+            # (a released lease is negative: never within the TTL)
             hosts = frozenset(str(h) for h, seen in raw.items() if now - int(seen) <= LEASE_TTL_MS)
             self._live = (time.monotonic(), hosts)
         return hosts

@@ -20,7 +20,12 @@ local status, since = m[1], tonumber(m[2])
 local online = m[9] == '1'
 if online and ARGV[3] ~= '' and m[10] then
   local seen = tonumber(redis.call('HGET', hosts, m[10]))
-  if not seen or now - seen > tonumber(ARGV[4]) then
+  if seen and seen < 0 then
+    -- the process that held the connection has ended, and its parent said so when it saw it (lease.lua, release):
+    -- the student has been offline since then; not a second device
+    online = false
+    since = since or -seen
+  elseif not seen or now - seen > tonumber(ARGV[4]) then
     -- the process that held the connection is gone (killed, crashed) and never said the student left: the
     -- student has been offline since its last sign of life; not a second device
     online = false

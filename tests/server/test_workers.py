@@ -4,7 +4,9 @@ Redis stays at two hub processes when one is killed."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +16,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from loadtest.driver import worker_pids
@@ -24,17 +27,21 @@ from tests.conftest import REDIS_URL
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def supervise(tmp_path: Path, target: str, args: tuple[object, ...] = (), n: int = 2,
+def supervise(tmp_path: Path, target: str, args: tuple[object, ...] = (), n: int = 2, on_death: str | None = None,
               **options: float) -> subprocess.Popen[bytes]:  # fmt: skip
-    """A parent process running Supervisor(tests.server.worker_targets.<target>, args, n, "w", **options)."""
+    """A parent process running Supervisor(tests.server.worker_targets.<target>, args, n, "w", **options), with
+    worker_targets.<on_death> as its hook (writing to tmp_path/deaths)."""
+    hook = f"worker_targets.{on_death}" if on_death else "None"
     code = (
         "import sys\n"
         "from server.workers import Supervisor\n"
         "from tests.server import worker_targets\n"
-        f"sys.exit(Supervisor(worker_targets.{target}, {args!r}, {n}, 'w', **{options!r}).run('w: all listen'))\n"
+        f"s = Supervisor(worker_targets.{target}, {args!r}, {n}, 'w', on_death={hook}, **{options!r})\n"
+        "sys.exit(s.run('w: all listen'))\n"
     )
+    env = {**os.environ, "WORKER_DEATHS": str(tmp_path / "deaths")}
     with (tmp_path / "supervisor.log").open("wb") as log:
-        return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def until(check: Callable[[], object], what: str, within_s: float = 20.0) -> object:
@@ -117,6 +124,33 @@ def test_a_worker_that_ends_by_itself_is_replaced_too(tmp_path: Path, stopped: l
     assert parent.poll() is None
 
 
+def test_the_hook_hears_of_each_ended_worker_by_its_name(
+    tmp_path: Path, stopped: list[subprocess.Popen[bytes]]
+) -> None:
+    parent = supervise(tmp_path, "serve_named", ("hub-x",), n=1, on_death="record_death")
+    stopped.append(parent)
+    logged(tmp_path, "w: all listen")
+    (first,) = worker_pids(parent.pid)
+    os.kill(first, signal.SIGKILL)
+    logged(tmp_path, f"listens, in place of pid {first}")
+    assert (tmp_path / "deaths").read_text() == "hub-x\n"  # the killed one, before its replacement started
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(20) == 0, log_of(tmp_path)
+    assert (tmp_path / "deaths").read_text() == "hub-x\nhub-x\n"  # and the replacement, stopped
+
+
+def test_a_failing_hook_does_not_stop_the_supervisor(tmp_path: Path, stopped: list[subprocess.Popen[bytes]]) -> None:
+    parent = supervise(tmp_path, "serve_named", ("hub-x",), n=1, on_death="record_death")
+    stopped.append(parent)
+    logged(tmp_path, "w: all listen")
+    (tmp_path / "deaths").mkdir()  # the hook now fails: it cannot append to a folder
+    (first,) = worker_pids(parent.pid)
+    os.kill(first, signal.SIGKILL)
+    logged(tmp_path, f"listens, in place of pid {first}")
+    assert "after worker w-0 ended: IsADirectoryError" in log_of(tmp_path)
+    assert parent.poll() is None
+
+
 def test_a_worker_that_cannot_start_stops_everything_with_its_status(
     tmp_path: Path, stopped: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -175,8 +209,10 @@ def listening(pid: int, port: int) -> bool:
 
 def test_serve_with_two_workers_stays_at_two(own_database_url: str, prefix: str, tmp_path: Path,
                                              stopped: list[subprocess.Popen[bytes]]) -> None:  # fmt: skip
-    """`examhub serve --workers 2` on real PostgreSQL and Redis: kill -9 one hub process, and another takes its
-    place on the port; the port answers throughout; SIGTERM stops the lot with status 0."""
+    """`examhub serve --workers 2` on real PostgreSQL and Redis: kill -9 the hub process holding a student, and
+    another takes its place on the port while the other one answers; the student, back on another process, is
+    recorded as dropped (time ledger), not as a second device, since the parent released the dead process' lease;
+    SIGTERM stops the lot with status 0."""
     port = free_port()
     env = {**os.environ, "DATABASE_URL": own_database_url, "REDIS_URL": REDIS_URL, "EXAMHUB_REDIS_PREFIX": prefix,
            "EXAMHUB_SECRET": "w" * 48, "EXAMHUB_REDIS_DURABILITY": "warn", "EXAMHUB_DATA_DIR": str(tmp_path),
@@ -185,27 +221,90 @@ def test_serve_with_two_workers_stays_at_two(own_database_url: str, prefix: str,
         parent = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--workers", "2"], cwd=ROOT, env=env,
                                   stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     stopped.append(parent)
+    base = f"http://127.0.0.1:{port}"
 
     def serving() -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=2) as r:
                 return bool(r.status == 200)
         except OSError:
             return False
 
-    logged(tmp_path, f"examhub: 2 hub processes on http://127.0.0.1:{port}", 60)
+    logged(tmp_path, f"examhub: 2 hub processes on {base}", 60)
     first = worker_pids(parent.pid)
     assert len(first) == 2 and all(listening(p, port) for p in first)
-    os.kill(first[0], signal.SIGKILL)
-    assert serving(), "the other hub process still answers"
-    logged(tmp_path, f"listens, in place of pid {first[0]}", 60)
-    after = worker_pids(parent.pid)
-    assert len(after) == 2 and first[0] not in after and first[1] in after
+
+    holder, after, events, ledger = asyncio.run(_kill_under_a_student(base, own_database_url, prefix, parent,
+                                                                         tmp_path, serving))  # fmt: skip
+    assert holder in first
+    assert len(after) == 2 and holder not in after and set(first) - {holder} <= set(after)
     assert all(listening(p, port) for p in after), "the new hub process holds a socket on the port"
     assert all(serving() for _ in range(20))
-    assert f"(pid {first[0]}) was killed by SIGKILL; starting another in 0 s" in log_of(tmp_path)
+    assert not [e for e in events if e.startswith("second_device")], events
+    assert len(ledger) == 1, ledger  # the drop, from the release to the return
 
     parent.send_signal(signal.SIGTERM)
     assert parent.wait(30) == 0, log_of(tmp_path)
     for pid in after:
         until(lambda pid=pid: gone(pid), f"hub process {pid} stopped", 5)
+
+
+async def _kill_under_a_student(
+    base: str, database_url: str, prefix: str, parent: subprocess.Popen[bytes], tmp_path: Path,
+    serving: Callable[[], bool],
+) -> tuple[int, list[int], list[str], list[str]]:  # fmt: skip
+    """A guest starts a session, connects and has an answer acknowledged; the hub process holding the connection
+    (its pid is in the host id the session names in Redis: hostname-pid-xxxx) is killed while the student is
+    connected; once another process has taken its place, the student connects again. Returns the killed pid, the
+    workers then, and the session's anti-cheat events and time ledger."""
+    import asyncpg
+    from redis.asyncio import Redis
+
+    from storage.keys import Keys
+
+    async def logged_async(text: str) -> None:
+        for _ in range(600):
+            if text in log_of(tmp_path):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{text!r} not in the log:\n{log_of(tmp_path)[-3000:]}")
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        tid = await conn.fetchval("SELECT id FROM test_templates WHERE slug = 'biology-quick-10'")
+    finally:
+        await conn.close()
+    redis = Redis.from_url(REDIS_URL, decode_responses=True)
+    k = None
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(base + "/api/auth/guest", json={"display_name": "Ira"}) as r:
+                token = (await r.json())["token"]
+            async with http.post(base + "/api/sessions", json={"template_id": tid},
+                                 headers={"Authorization": f"Bearer {token}"}) as r:  # fmt: skip
+                started = await r.json()
+            k = Keys(prefix).session(started["session_id"])
+            url = f"{base.replace('http', 'ws')}/ws/student?token={started['token']}"
+            async with http.ws_connect(url) as ws:
+                state = json.loads((await ws.receive(timeout=10)).data)
+                q = state["questions"][0]
+                answer = {"type": "answer", "seq": 1, "q": q["id"], "choice": q["options"][0]["id"]}
+                await ws.send_str(json.dumps(answer))
+                while (frame := json.loads((await ws.receive(timeout=10)).data))["type"] != "ack":
+                    pass
+                assert frame["seq"] == 1
+                host = await redis.hget(k.meta, "host")
+                assert host and await redis.hget(k.meta, "online") == "1"
+                holder = int(host.rsplit("-", 2)[-2])
+
+                os.kill(holder, signal.SIGKILL)  # the student is still connected to it
+                await logged_async(f"(pid {holder}) was killed by SIGKILL; starting another in 0 s")  # reaped
+                assert serving(), "the other hub process answers"
+                await logged_async(f"listens, in place of pid {holder}")  # after the parent released the lease
+                after = worker_pids(parent.pid)
+                async with http.ws_connect(url) as again:
+                    state = json.loads((await again.receive(timeout=10)).data)
+                    assert state["type"] == "state" and state["last_seq"] == 1
+        return holder, after, await redis.lrange(k.ev, 0, -1), await redis.lrange(k.ledger, 0, -1)
+    finally:
+        await redis.aclose()

@@ -3,6 +3,7 @@ that a fresh interpreter imports quickly."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -34,3 +35,16 @@ def deaf() -> None:
     ready()
     while True:
         time.sleep(3600)
+
+
+def serve_named(name: str) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    ready(name)
+    while True:
+        time.sleep(3600)
+
+
+def record_death(name: str) -> None:
+    """An on_death hook: appends the ended worker's name to the file $WORKER_DEATHS."""
+    with open(os.environ["WORKER_DEATHS"], "a") as f:
+        f.write(name + "\n")

@@ -185,3 +185,44 @@ async def test_a_takeover_from_a_live_process_is_still_a_second_device(store: Re
     assert [c.kind for c in second.stored.state.cheats] == [CheatKind.SECOND_DEVICE]
     after = await b.load(SID)
     assert after is not None and after.ledger == ()
+
+
+async def test_a_process_whose_lease_was_released_counts_as_gone_at_once(
+    store: RedisSessionStore, redis: Redis
+) -> None:
+    """`serve --workers`: the parent saw hub-a exit and released its lease; the student, back on hub-b seconds
+    later (well within LEASE_TTL_MS of hub-a's last renewal), dropped at the release, not a second device."""
+    from server.proctor import row_of
+    from sessions.model import CheatKind
+    from storage.keys import PARTITIONS, partition_of
+
+    _, b = await two_hubs_with_an_active_session(store)
+    await RedisSessionStore.release_lease(redis, store.scripts, store.keys, "hub-a")
+    stamps = [await redis.hget(store.keys.hosts(p), "hub-a") for p in range(PARTITIONS)]
+    assert all(s is not None and int(s) < 0 for s in stamps), stamps  # released in every partition
+    released = -int(stamps[partition_of(SID)])  # type: ignore[arg-type]
+    assert await b.live_hosts(max_age_s=0) == {"hub-b"}
+    stale = await b.load(SID)
+    assert stale is not None and row_of(stale, 0, await b.live_hosts())["online"] is False
+
+    await b.renew_lease()  # another process' renewal keeps the released field (it is forgotten after an hour)
+    assert await redis.hget(store.keys.hosts(partition_of(SID)), "hub-a") == str(-released)
+
+    back = await b.open(SID, "u1", "10.0.0.1")
+    assert isinstance(back, Opened)
+    assert CheatKind.SECOND_DEVICE not in [c.kind for c in back.stored.state.cheats]
+    after = await b.load(SID)
+    assert after is not None
+    ((since, returned, gap, _),) = after.ledger  # the drop runs from the release
+    assert since == released and gap == returned - released >= 0
+
+
+async def test_a_released_lease_is_forgotten_after_an_hour(store: RedisSessionStore, redis: Redis) -> None:
+    from storage.session_store import LEASE_FORGET_MS
+
+    _, b = await two_hubs_with_an_active_session(store)
+    seconds, _ = await redis.time()
+    long_ago = int(seconds) * 1000 - LEASE_FORGET_MS - 60_000
+    await redis.hset(store.keys.hosts(0), "hub-a", -long_ago)  # released over an hour ago
+    await b.renew_lease()
+    assert await redis.hget(store.keys.hosts(0), "hub-a") is None
