@@ -122,10 +122,10 @@ class Supervisor:
     def run(self, banner: str = "") -> int:
         """Until stopped; the banner is printed once every worker of the first generation listens."""
         self._banner = banner
+        signal.signal(signal.SIGTERM, self.stop)  # (first: a stop while they start must reach them; _start)
+        signal.signal(signal.SIGINT, self.stop)
         for i in range(self.n):
             self._start(i)
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
         status = 0
         while not self._stopping:
             status = self._watch()
