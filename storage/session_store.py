@@ -288,9 +288,10 @@ class RedisSessionStore:
 
     @staticmethod
     async def release_lease(redis: AnyRedis, scripts: Scripts, keys: Keys, host: str) -> None:
-        """Hub process `host` has ended (its parent saw it exit): its lease ends now, in every partition, so that
-        its students' next connections count as dropped since now, not as second devices until the lease would
-        have run out. Needs no writer: the parent of `serve --workers` calls it (server/workers.py)."""
+        """Hub process `host` has ended (its parent saw it exit): its lease ends now, in every partition (a field
+        '<host>|gone': lease.lua), so that its students' next connections count as dropped since now, not as second
+        devices until the lease would have run out. Needs no writer: the parent of `serve --workers` calls it
+        (server/workers.py)."""
         await scripts.register(redis)  # (SCRIPT LOAD is idempotent: the caller may be a fresh client)
         pipe = redis.pipeline(transaction=False)
         for p in range(PARTITIONS):
@@ -304,8 +305,10 @@ class RedisSessionStore:
             raw = await self._redis.hgetall(self.keys.hosts(0))
             seconds, micros = await self._redis.time()  # leases are on Redis' clock
             now = int(seconds) * 1000 + int(micros) // 1000
-            # (a released lease is negative: never within the TTL)
-            hosts = frozenset(str(h) for h, seen in raw.items() if now - int(seen) <= LEASE_TTL_MS)
+            fields = {str(h): int(seen) for h, seen in raw.items()}
+            gone = {h.removesuffix("|gone") for h in fields if h.endswith("|gone")}  # released (lease.lua)
+            hosts = frozenset(h for h, seen in fields.items()
+                              if "|" not in h and h not in gone and now - seen <= LEASE_TTL_MS)  # fmt: skip
             self._live = (time.monotonic(), hosts)
         return hosts
 

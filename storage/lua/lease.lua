@@ -1,19 +1,20 @@
 -- A hub process renews its lease in one partition: "I am alive" (open.lua reads it to tell a crashed process's
 -- connections, which never said goodbye, from live ones). Fields silent for longer than ARGV[2] are deleted.
--- With ARGV[3] 'release' the process is known to have ended (its parent saw it exit: server/workers.py): the field
--- becomes minus the time, "gone since then", so that its students' next connections count as dropped at once
--- rather than LEASE_TTL_MS after its last renewal (and as second devices until then).
+-- With ARGV[3] 'release' the process is known to have ended (its parent saw it exit: server/workers.py): a field
+-- '<host>|gone' gets the time, so that its students' next connections count as dropped since then at once, rather
+-- than LEASE_TTL_MS after its last renewal (and as second devices until then). The host's own field is left as it
+-- was: a hub of an earlier version, which knows no '|gone', goes on reading it as before.
 -- KEYS[1] the partition's hosts hash
 -- ARGV[1] the process' host id, ARGV[2] forget a host after this many ms of silence, ARGV[3] 'renew' | 'release'
 -- Returns now_ms.
 local now = now_ms()
 if ARGV[3] == 'release' then
-  redis.call('HSET', KEYS[1], ARGV[1], -now)
+  redis.call('HSET', KEYS[1], ARGV[1] .. '|gone', now)
 else
   redis.call('HSET', KEYS[1], ARGV[1], now)
 end
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
-  if now - math.abs(tonumber(all[i + 1])) > tonumber(ARGV[2]) then redis.call('HDEL', KEYS[1], all[i]) end
+  if now - tonumber(all[i + 1]) > tonumber(ARGV[2]) then redis.call('HDEL', KEYS[1], all[i]) end
 end
 return now

@@ -19,12 +19,13 @@ local m = redis.call('HMGET', meta, 'status', 'offline_since_ms', 'deadline_ms',
 local status, since = m[1], tonumber(m[2])
 local online = m[9] == '1'
 if online and ARGV[3] ~= '' and m[10] then
-  local seen = tonumber(redis.call('HGET', hosts, m[10]))
-  if seen and seen < 0 then
+  local lease = redis.call('HMGET', hosts, m[10], m[10] .. '|gone')
+  local seen, gone = tonumber(lease[1]), tonumber(lease[2])
+  if gone then
     -- the process that held the connection has ended, and its parent said so when it saw it (lease.lua, release):
     -- the student has been offline since then; not a second device
     online = false
-    since = since or -seen
+    since = since or gone
   elseif not seen or now - seen > tonumber(ARGV[4]) then
     -- the process that held the connection is gone (killed, crashed) and never said the student left: the
     -- student has been offline since its last sign of life; not a second device

@@ -198,15 +198,16 @@ async def test_a_process_whose_lease_was_released_counts_as_gone_at_once(
 
     _, b = await two_hubs_with_an_active_session(store)
     await RedisSessionStore.release_lease(redis, store.scripts, store.keys, "hub-a")
-    stamps = [await redis.hget(store.keys.hosts(p), "hub-a") for p in range(PARTITIONS)]
-    assert all(s is not None and int(s) < 0 for s in stamps), stamps  # released in every partition
-    released = -int(stamps[partition_of(SID)])  # type: ignore[arg-type]
+    stamps = [await redis.hget(store.keys.hosts(p), "hub-a|gone") for p in range(PARTITIONS)]
+    assert all(s is not None for s in stamps), stamps  # released in every partition
+    assert await redis.hget(store.keys.hosts(0), "hub-a") is not None  # its renewal stays, for earlier versions
+    released = int(stamps[partition_of(SID)])  # type: ignore[arg-type]
     assert await b.live_hosts(max_age_s=0) == {"hub-b"}
     stale = await b.load(SID)
     assert stale is not None and row_of(stale, 0, await b.live_hosts())["online"] is False
 
     await b.renew_lease()  # another process' renewal keeps the released field (it is forgotten after an hour)
-    assert await redis.hget(store.keys.hosts(partition_of(SID)), "hub-a") == str(-released)
+    assert await redis.hget(store.keys.hosts(partition_of(SID)), "hub-a|gone") == str(released)
 
     back = await b.open(SID, "u1", "10.0.0.1")
     assert isinstance(back, Opened)
@@ -223,6 +224,7 @@ async def test_a_released_lease_is_forgotten_after_an_hour(store: RedisSessionSt
     _, b = await two_hubs_with_an_active_session(store)
     seconds, _ = await redis.time()
     long_ago = int(seconds) * 1000 - LEASE_FORGET_MS - 60_000
-    await redis.hset(store.keys.hosts(0), "hub-a", -long_ago)  # released over an hour ago
+    await redis.hset(store.keys.hosts(0), mapping={"hub-a": long_ago, "hub-a|gone": long_ago})  # an hour ago
     await b.renew_lease()
     assert await redis.hget(store.keys.hosts(0), "hub-a") is None
+    assert await redis.hget(store.keys.hosts(0), "hub-a|gone") is None
