@@ -184,6 +184,7 @@ def _worker(settings: Settings) -> None:
 def _serve_workers(settings: Settings, n: int) -> int:
     """N independent hub processes on one port: the kernel spreads connections over them (SO_REUSEPORT).
     They share only Redis and PostgreSQL; any of them can serve any session."""
+    import server.app  # noqa: F401 - imported here, once: _released must not spend a second importing after a death
     from server.workers import run_processes
 
     banner = f"examhub: {n} hub processes on http://{settings.host}:{settings.port}"
@@ -193,13 +194,12 @@ def _serve_workers(settings: Settings, n: int) -> int:
 def _released(settings: Settings, host: str) -> None:
     """A hub process has ended: end its lease now (RedisSessionStore.release_lease), so that its students count
     as dropped when they reconnect to the others, not as second devices for the lease's remaining seconds."""
+    from server.app import connect_redis
+    from storage.keys import Keys
+    from storage.scripts import Scripts
+    from storage.session_store import RedisSessionStore
 
     async def release() -> None:
-        from server.app import connect_redis
-        from storage.keys import Keys
-        from storage.scripts import Scripts
-        from storage.session_store import RedisSessionStore
-
         redis = connect_redis(settings)
         try:
             async with asyncio.timeout(LEASE_RELEASE_S):

@@ -292,7 +292,7 @@ class RedisSessionStore:
         '<host>|gone': lease.lua), so that its students' next connections count as dropped since now, not as second
         devices until the lease would have run out. Needs no writer: the parent of `serve --workers` calls it
         (server/workers.py)."""
-        await scripts.register(redis)  # (SCRIPT LOAD is idempotent: the caller may be a fresh client)
+        await redis.script_load(scripts.lease.source)  # (idempotent; on a cluster, on every primary)
         pipe = redis.pipeline(transaction=False)
         for p in range(PARTITIONS):
             pipe.evalsha(scripts.lease.sha, 1, keys.hosts(p), host, LEASE_FORGET_MS, "release")

@@ -120,6 +120,7 @@ class Hub:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    workers: int = 1  # `serve --workers N`: the process is the parent of N hub processes (server/workers.py)
 
     @property
     def url(self) -> str:
@@ -133,8 +134,9 @@ class Hub:
     def spawn(self, extra: dict[str, str] | None = None) -> None:
         self.starts += 1
         with self.log_path.open("ab") as log:
+            workers = ("--workers", str(self.workers)) if self.workers > 1 else ()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "server.cli", "serve"],
+                [sys.executable, "-m", "server.cli", "serve", *workers],
                 env={**self.env, "EXAMHUB_PORT": str(self.port), **(extra or {})},
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL,
             )  # fmt: skip
@@ -209,6 +211,7 @@ class Rig:
     """Redis, a database and `hubs` hub processes for one case. Use `async with Rig(...).up() as rig:`."""
 
     hubs_n: int = 2
+    workers: int = 1  # hub processes per hub (serve --workers)
     hub_env: dict[str, str] = field(default_factory=dict)
     private_postgres: bool = False
     pg_server_url: str = ADMIN_URL
@@ -236,7 +239,8 @@ class Rig:
                 "EXAMHUB_RATE_REST_IP": "off", "EXAMHUB_RATE_REST_USER": "off", "EXAMHUB_RATE_WS_MSGS": "off",
                 "EXAMHUB_DATA_DIR": str(self.folder / "data"), **self.hub_env,
             }  # fmt: skip
-            self.hubs = [Hub(env, free_port(), self.folder / f"hub{i}.log") for i in range(self.hubs_n)]
+            self.hubs = [Hub(env, free_port(), self.folder / f"hub{i}.log", workers=self.workers)
+                         for i in range(self.hubs_n)]  # fmt: skip
             for hub in self.hubs:
                 hub.spawn()
             for hub in self.hubs:

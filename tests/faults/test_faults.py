@@ -31,6 +31,16 @@ async def test_kill_9_of_hub_processes_loses_nothing() -> None:
     assert result.figures["resumes"] >= 3
 
 
+async def test_kill_9_of_one_of_serve_workers_processes_loses_nothing_and_flags_no_one() -> None:
+    """`serve --workers 2`: the parent replaces a killed hub process and ends its lease, so its students are drops
+    in their time ledgers, not second devices (the case checks both; without the lease's release every one of
+    them is a second device: 243 of 243 in a run at 100 students)."""
+    result = await cases.worker_kill(students=30, kills=3, gap_s=1.5, resume_p99_max_s=None)
+    assert_clean(result)  # includes: second_devices == 0, some ledger drops, every kill replaced
+    assert result.figures["resumes"] >= 3
+    assert result.figures["second_devices"] == 0 and result.figures["ledger_drops"] > 0
+
+
 async def test_crash_points_before_and_after_the_redis_write_and_after_the_ack() -> None:
     result = await cases.crash_points(students=15, after=25)
     assert_clean(result)  # includes: each of the three points was reached (exit 137)
