@@ -4,21 +4,22 @@ baseline servers (loadtest/baselines/) run this way.
 The parent spawns N workers and watches them. A worker that exits while nobody asked it to (killed by the kernel's
 OOM killer, a crash in a C extension, a `kill` aimed at it) is replaced, so that a machine serving N processes' worth
 of students does not go on at N-1 unnoticed: every live session it held reconnects to a surviving process at once
-(sessions are not pinned to a process) and the replacement takes new connections as soon as it listens. Two cases
-are not retried, since restarting cannot mend them and the outer supervisor (systemd, Docker's restart policy)
-should see a failure:
+(sessions are not pinned to a process) and the replacement takes new connections as soon as it listens. A
+replacement that cannot start (PostgreSQL down: a hub migrates at start) is tried again, for as long as another
+worker serves: the others must not be stopped for it (answers go on through Redis alone). Two cases end everything,
+since restarting cannot mend them and the outer supervisor (systemd, Docker's restart policy) should see a failure:
 
-- a worker of the first generation that exits before it listens (a taken port, bad settings): everything stops and
-  the exit status is that worker's;
-- deaths faster than `max_deaths` within `window_s` (a crash loop): everything stops, with status 1.
+- a worker of the first generation that exits before it listens (a taken port, bad settings): the exit status is
+  that worker's;
+- more than `max_deaths` deaths within `window_s` with no worker left listening (a crash loop): status 1.
 
 The parent hands the name each worker said it goes by (ready()) to `on_death` once that worker has ended: the hub
 releases the ended process' lease in Redis then, so that its students, reconnecting to the others, count as dropped
 at once and not as second devices (storage/lua/lease.lua).
 
-Replacements after a second death in a row wait 1, 2, 4... seconds (at most 10), so that a worker that keeps dying
-does not spin the machine. SIGTERM or SIGINT stops every worker (each shuts down as it would alone); a worker still
-running `stop_grace_s` later is killed.
+A replacement starts at once after a lone death, and 1, 2, 4... seconds later (at most 10) when deaths come closer
+together (within `window_s`), so that a worker that keeps dying does not spin the machine. SIGTERM or SIGINT stops
+every worker (each shuts down as it would alone); a worker still running `stop_grace_s` later is killed.
 """
 
 from __future__ import annotations
@@ -165,9 +166,10 @@ class Supervisor:
             self._deaths.append(now)
             while self._deaths and self._deaths[0] < now - self.window_s:
                 self._deaths.popleft()
-            if len(self._deaths) > self.max_deaths:
-                print(f"{who} {_describe(code)}; {len(self._deaths)} workers ended within {self.window_s:g} s: "
-                      "stopping", file=sys.stderr, flush=True)  # fmt: skip
+            serving = any(s.listening for s in self._slots.values())
+            if len(self._deaths) > self.max_deaths and not serving:
+                print(f"{who} {_describe(code)}; {len(self._deaths)} workers ended within {self.window_s:g} s and "
+                      "none listens: stopping", file=sys.stderr, flush=True)  # fmt: skip
                 self.stop()
                 return 1
             recent = len(self._deaths)

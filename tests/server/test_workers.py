@@ -168,7 +168,27 @@ def test_a_crash_loop_gives_up(tmp_path: Path, stopped: list[subprocess.Popen[by
     assert parent.wait(60) == 1, log_of(tmp_path)
     log = log_of(tmp_path)
     assert log.count("exited with status 1; starting another") == 3, log
-    assert "4 workers ended within 60 s: stopping" in log
+    assert "4 workers ended within 60 s and none listens: stopping" in log
+
+
+def test_a_replacement_that_cannot_start_is_tried_again_while_another_serves(
+    tmp_path: Path, stopped: list[subprocess.Popen[bytes]]
+) -> None:
+    """As a hub's replacement would while PostgreSQL is down: the healthy worker is not stopped for it, however
+    often it fails; once it can start, it does."""
+    blocker = tmp_path / "cannot-start"
+    parent = supervise(tmp_path, "serve_unless", (str(blocker),), max_deaths=2, backoff_s=0.05, max_backoff_s=0.2)
+    stopped.append(parent)
+    logged(tmp_path, "w: all listen")
+    healthy, victim = worker_pids(parent.pid)
+    blocker.touch()
+    os.kill(victim, signal.SIGKILL)
+    until(lambda: log_of(tmp_path).count("exited with status 2; starting another") >= 6, "six failed starts")
+    assert parent.poll() is None and healthy in worker_pids(parent.pid), log_of(tmp_path)
+    assert "stopping" not in log_of(tmp_path)
+    blocker.unlink()
+    logged(tmp_path, "listens, in place of pid")
+    assert healthy in worker_pids(parent.pid) and len(worker_pids(parent.pid)) == 2
 
 
 def test_replacements_back_off(tmp_path: Path, stopped: list[subprocess.Popen[bytes]]) -> None:

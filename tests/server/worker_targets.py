@@ -48,3 +48,10 @@ def record_death(name: str) -> None:
     """An on_death hook: appends the ended worker's name to the file $WORKER_DEATHS."""
     with open(os.environ["WORKER_DEATHS"], "a") as f:
         f.write(name + "\n")
+
+
+def serve_unless(path: str) -> None:
+    """Cannot start (exits 2 before it listens) while the file `path` exists; serves otherwise."""
+    if os.path.exists(path):
+        sys.exit(2)
+    serve()
