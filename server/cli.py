@@ -87,6 +87,7 @@ async def _serve(settings: Settings, banner: bool, reuse_port: bool = False) -> 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    workers.on_orphaned(stop.set)
     print(f"examhub: serving on http://{settings.host}:{settings.port}", flush=True)
     if banner:
         templates = await _template_lines(app[SERVICES])

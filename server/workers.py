@@ -19,11 +19,13 @@ at once and not as second devices (storage/lua/lease.lua).
 
 A replacement starts at once after a lone death, and 1, 2, 4... seconds later (at most 10) when deaths come closer
 together (within `window_s`), so that a worker that keeps dying does not spin the machine. SIGTERM or SIGINT stops
-every worker (each shuts down as it would alone); a worker still running `stop_grace_s` later is killed.
+every worker (each shuts down as it would alone); a worker still running `stop_grace_s` later is killed. A worker
+whose parent has gone (kill -9 of the parent) stops by itself within a second (on_orphaned()).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
 import os
@@ -38,6 +40,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 _to_parent: list[Connection] = []  # in a worker: the pipe its parent waits on (ready())
+_parent: list[int] = []  # in a worker: its parent's pid (on_orphaned())
 
 
 def ready(name: str = "") -> None:
@@ -50,8 +53,27 @@ def ready(name: str = "") -> None:
         conn.close()
 
 
+def on_orphaned(stop: Callable[[], None], every_s: float = 1.0) -> None:
+    """In a worker, on a running event loop: call `stop` once the parent has gone (killed without stopping its
+    workers), so that a restarted parent does not find the old workers still serving on its port beside its new
+    ones; elsewhere, nothing."""
+    if not _parent:
+        return
+    loop = asyncio.get_running_loop()
+
+    def look() -> None:
+        if os.getppid() != _parent[0]:
+            print(f"worker {os.getpid()}: its parent {_parent[0]} has gone: stopping", file=sys.stderr, flush=True)
+            stop()
+        else:
+            loop.call_later(every_s, look)
+
+    loop.call_later(every_s, look)
+
+
 def _child(conn: Connection, target: Callable[..., None], args: tuple[Any, ...]) -> None:
     _to_parent.append(conn)
+    _parent.append(os.getppid())
     target(*args)
 
 

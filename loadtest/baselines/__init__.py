@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server.workers import ready, run_processes
+from server.workers import on_orphaned, ready, run_processes
 
 Serve = Callable[..., Coroutine[Any, Any, None]]
 
@@ -56,6 +56,7 @@ async def serve_until_signal(app: web.Application, port: int, banner: str, reuse
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    on_orphaned(stop.set)
     print(banner, flush=True)
     try:
         await stop.wait()

@@ -61,11 +61,12 @@ def logged(tmp_path: Path, text: str, within_s: float = 20.0) -> None:
 
 
 def gone(pid: int) -> bool:
+    """Exited (a zombie counts: an orphan is reaped by whoever is pid 1, if anyone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
         return True
-    return False
+    return "\nState:\tZ" in status
 
 
 @pytest.fixture
@@ -267,6 +268,34 @@ def test_serve_with_two_workers_stays_at_two(own_database_url: str, prefix: str,
     assert parent.wait(30) == 0, log_of(tmp_path)
     for pid in after:
         until(lambda pid=pid: gone(pid), f"hub process {pid} stopped", 5)
+
+
+def test_serve_workers_stop_when_their_parent_is_killed(own_database_url: str, prefix: str, tmp_path: Path) -> None:
+    """kill -9 of the parent of `examhub serve --workers 2`: its hub processes notice within a second and shut
+    down as on SIGTERM, so that a restarted parent does not find them still serving on its port."""
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": own_database_url, "REDIS_URL": REDIS_URL, "EXAMHUB_REDIS_PREFIX": prefix,
+           "EXAMHUB_SECRET": "w" * 48, "EXAMHUB_REDIS_DURABILITY": "warn", "EXAMHUB_DATA_DIR": str(tmp_path),
+           "EXAMHUB_PORT": str(port)}  # fmt: skip
+    with (tmp_path / "supervisor.log").open("wb") as log:
+        parent = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--workers", "2"], cwd=ROOT, env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    kids: list[int] = []
+    try:
+        logged(tmp_path, f"examhub: 2 hub processes on http://127.0.0.1:{port}", 60)
+        kids = worker_pids(parent.pid)
+        assert len(kids) == 2
+        parent.kill()
+        parent.wait(10)
+        for pid in kids:
+            until(lambda pid=pid: gone(pid), f"orphaned hub process {pid} stopped", 15)
+        for pid in kids:
+            assert f"worker {pid}: its parent {parent.pid} has gone: stopping" in log_of(tmp_path)
+        assert log_of(tmp_path).count("examhub: shutting down") == 2  # each as on SIGTERM
+    finally:
+        for pid in kids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 async def _kill_under_a_student(
