@@ -214,6 +214,18 @@ def test_a_worker_deaf_to_sigterm_is_killed_after_the_grace(
     until(lambda: gone(worker), "the worker gone", 5)
 
 
+def serve_two(database_url: str, prefix: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """`examhub serve --workers 2` on a free port, on real PostgreSQL and Redis, its output in supervisor.log."""
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "EXAMHUB_REDIS_PREFIX": prefix,
+           "EXAMHUB_SECRET": "w" * 48, "EXAMHUB_REDIS_DURABILITY": "warn", "EXAMHUB_DATA_DIR": str(tmp_path),
+           "EXAMHUB_PORT": str(port)}  # fmt: skip
+    with (tmp_path / "supervisor.log").open("wb") as log:
+        parent = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--workers", "2"], cwd=ROOT, env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    return parent, port
+
+
 def listening(pid: int, port: int) -> bool:
     """Whether process `pid` holds a socket listening on `port` (IPv4), from /proc."""
     inodes = set()
@@ -234,13 +246,7 @@ def test_serve_with_two_workers_stays_at_two(own_database_url: str, prefix: str,
     another takes its place on the port while the other one answers; the student, back on another process, is
     recorded as dropped (time ledger), not as a second device, since the parent released the dead process' lease;
     SIGTERM stops the lot with status 0."""
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": own_database_url, "REDIS_URL": REDIS_URL, "EXAMHUB_REDIS_PREFIX": prefix,
-           "EXAMHUB_SECRET": "w" * 48, "EXAMHUB_REDIS_DURABILITY": "warn", "EXAMHUB_DATA_DIR": str(tmp_path),
-           "EXAMHUB_PORT": str(port)}  # fmt: skip
-    with (tmp_path / "supervisor.log").open("wb") as log:
-        parent = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--workers", "2"], cwd=ROOT, env=env,
-                                  stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    parent, port = serve_two(own_database_url, prefix, tmp_path)
     stopped.append(parent)
     base = f"http://127.0.0.1:{port}"
 
@@ -273,13 +279,7 @@ def test_serve_with_two_workers_stays_at_two(own_database_url: str, prefix: str,
 def test_serve_workers_stop_when_their_parent_is_killed(own_database_url: str, prefix: str, tmp_path: Path) -> None:
     """kill -9 of the parent of `examhub serve --workers 2`: its hub processes notice within a second and shut
     down as on SIGTERM, so that a restarted parent does not find them still serving on its port."""
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": own_database_url, "REDIS_URL": REDIS_URL, "EXAMHUB_REDIS_PREFIX": prefix,
-           "EXAMHUB_SECRET": "w" * 48, "EXAMHUB_REDIS_DURABILITY": "warn", "EXAMHUB_DATA_DIR": str(tmp_path),
-           "EXAMHUB_PORT": str(port)}  # fmt: skip
-    with (tmp_path / "supervisor.log").open("wb") as log:
-        parent = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--workers", "2"], cwd=ROOT, env=env,
-                                  stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    parent, port = serve_two(own_database_url, prefix, tmp_path)
     kids: list[int] = []
     try:
         logged(tmp_path, f"examhub: 2 hub processes on http://127.0.0.1:{port}", 60)
