@@ -212,6 +212,20 @@ def _released(settings: Settings, host: str) -> None:
         _run(release())
 
 
+MAX_WORKERS = 64
+
+
+def _workers(text: str) -> int:
+    """--workers: a whole number of processes, 1 to MAX_WORKERS (argparse turns the error into exit 2)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= n <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{n} is not between 1 and {MAX_WORKERS}")
+    return n
+
+
 def _run(coro: Any) -> Any:
     import uvloop
 
@@ -239,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--host")
         p.add_argument("--port", type=int)
         p.add_argument("--data-dir", type=Path)
-        p.add_argument("--workers", type=int, default=1, help="hub processes sharing the port (SO_REUSEPORT)")
+        p.add_argument("--workers", type=_workers, default=1,
+                       help=f"hub processes sharing the port (SO_REUSEPORT), 1 to {MAX_WORKERS}")  # fmt: skip
     sub.add_parser("migrate", help="apply the SQL migrations")
     sub.add_parser("seed", help="load the demo question bank and templates (idempotent)")
     sitp = sub.add_parser("sit", help="sit an exam in this terminal")

@@ -59,3 +59,11 @@ def test_demo_with_embedded_services_serves_a_whole_exam(tmp_path: Path) -> None
     assert demo.returncode == 0, log.read_text()
     # the embedded Redis kept its append-only file in the data folder
     assert any((tmp_path / "data" / "redis").glob("appendonly*")), list((tmp_path / "data" / "redis").iterdir())
+
+
+def test_serve_refuses_a_bad_number_of_workers() -> None:
+    for bad in ("0", "-1", "65", "two"):
+        done = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--workers", bad],
+                              check=False, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 2, (bad, done.stdout, done.stderr)
+        assert "--workers" in done.stderr and "serving" not in done.stdout, done.stderr
