@@ -12,6 +12,7 @@ if ARGV[3] == 'release' then
   redis.call('HSET', KEYS[1], ARGV[1] .. '|gone', now)
 else
   redis.call('HSET', KEYS[1], ARGV[1], now)
+  redis.call('HDEL', KEYS[1], ARGV[1] .. '|gone')  -- a process that renews is alive (were its id ever reused)
 end
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do

@@ -42,6 +42,7 @@ from tests.storage.test_proctor_store import (  # noqa: F401
     test_a_killed_process_connections_count_as_dropped_not_as_a_second_device,
     test_a_process_whose_lease_was_released_counts_as_gone_at_once,
     test_a_released_lease_is_forgotten_after_an_hour,
+    test_a_renewal_clears_a_release_of_the_same_id,
     test_a_stale_connection_leaving_changes_nothing,
     test_flag_and_proctor_finishes,
     test_pause_extend_resume_on_redis_clock,

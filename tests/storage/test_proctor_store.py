@@ -218,6 +218,15 @@ async def test_a_process_whose_lease_was_released_counts_as_gone_at_once(
     assert since == released and gap == returned - released >= 0
 
 
+async def test_a_renewal_clears_a_release_of_the_same_id(store: RedisSessionStore, redis: Redis) -> None:
+    a, _ = await two_hubs_with_an_active_session(store)
+    await RedisSessionStore.release_lease(redis, store.scripts, store.keys, "hub-a")
+    assert await a.live_hosts(max_age_s=0) == {"hub-b"}
+    await a.renew_lease()  # alive after all (an id used again): its renewal wins
+    assert await redis.hget(store.keys.hosts(0), "hub-a|gone") is None
+    assert await a.live_hosts(max_age_s=0) == {"hub-a", "hub-b"}
+
+
 async def test_a_released_lease_is_forgotten_after_an_hour(store: RedisSessionStore, redis: Redis) -> None:
     from storage.session_store import LEASE_FORGET_MS
 
