@@ -36,6 +36,7 @@ import msgpack
 import orjson
 from redis.asyncio import Redis
 
+from server.workers import all_listen
 from storage.embedded import EmbeddedRedis, free_port
 from storage.keys import Keys
 
@@ -162,6 +163,11 @@ def worker_pids(pid: int) -> list[int]:
     return found
 
 
+def _all_listen(pid: int, workers: int, log: Path) -> bool:
+    """Whether the parent `pid` has said in its log that all its workers listen (server/workers.py, all_listen)."""
+    return all_listen(workers) in log.read_text(errors="replace") and bool(worker_pids(pid))
+
+
 def _tail(log: Path) -> str:
     return log.read_text(errors="replace")[-3000:]
 
@@ -229,21 +235,21 @@ async def hub_process(database_url: str, redis_url: str, prefix: str, port: int 
         log.close()
 
 
-async def wait_workers(pid: int, workers: int, log: Path | None = None) -> list[int]:
-    """A server of several processes (SO_REUSEPORT) answers once its first one listens; the kernel would give the
-    first connections all to that one, so the load starts once every worker process is there and has had a second
-    to bind. Fewer than `workers` after 10 s is an error (a run with fewer would measure something else)."""
+async def wait_workers(pid: int, workers: int, log: Path, timeout_s: float = 30.0) -> list[int]:
+    """A server of several processes (SO_REUSEPORT) answers once its first one listens, and the kernel would give
+    the first connections all to that one: the load starts once the parent has said that every worker listens
+    (server/workers.py, all_listen). Not within timeout_s is an error (a run with fewer would measure something
+    else)."""
     if workers == 1:
         return [pid]
-    for _ in range(100):
-        if len(worker_pids(pid)) >= workers:
-            break
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(1.0)
-    found = worker_pids(pid)
-    if len(found) < workers:
-        raise RuntimeError(f"{len(found)} of {workers} worker processes running" + (f":\n{_tail(log)}" if log else ""))
-    return found
+    deadline = time.monotonic() + timeout_s
+    while not _all_listen(pid, workers, log):
+        if time.monotonic() > deadline:
+            found = worker_pids(pid)
+            raise RuntimeError(f"{len(found)} of {workers} worker processes running, not all listening after "
+                               f"{timeout_s:g} s:\n{_tail(log)}")  # fmt: skip
+        await asyncio.sleep(0.05)
+    return worker_pids(pid)
 
 
 @contextlib.asynccontextmanager

@@ -77,6 +77,11 @@ def _child(conn: Connection, target: Callable[..., None], args: tuple[Any, ...])
     target(*args)
 
 
+def all_listen(n: int) -> str:
+    """What the parent says once all n workers of the first generation listen (after its name and a colon)."""
+    return f"all {n} workers listen"
+
+
 def exit_status(exitcode: int | None) -> int:
     """A process' exit code as a shell shows it: 128 + N for a process killed by signal N."""
     if exitcode is None:
@@ -115,11 +120,12 @@ class Supervisor:
     stop_grace_s: float = 30.0
     on_death: Callable[[str], None] | None = None  # called in the parent with the name of each worker that listened
     # and has ended, whatever ended it (the hub releases its lease: server/cli.py)
-    _slots: dict[int, _Slot] = field(default_factory=dict)
-    _deaths: deque[float] = field(default_factory=deque)
-    _pending: dict[int, tuple[float, int | None]] = field(default_factory=dict)  # slot -> (start at, dead pid)
-    _stopping: bool = False
-    _banner: str = ""
+    _slots: dict[int, _Slot] = field(default_factory=dict, init=False)
+    _deaths: deque[float] = field(default_factory=deque, init=False)
+    # slot -> (when its replacement may start, the pid it replaces)
+    _pending: dict[int, tuple[float, int | None]] = field(default_factory=dict, init=False)
+    _stopping: bool = field(default=False, init=False)
+    _banner: str | None = field(default=None, init=False)  # None once every first worker listens
 
     def _ctx(self) -> Any:
         return multiprocessing.get_context("spawn")
@@ -214,9 +220,12 @@ class Supervisor:
         if slot.replaces is not None:
             print(f"{self.name}: worker {slot.process.name} (pid {slot.process.pid}) listens, in place of pid "
                   f"{slot.replaces}", file=sys.stderr, flush=True)  # fmt: skip
-        elif self._banner and all(s.listening for s in self._slots.values() if s.first):
-            print(self._banner, flush=True)
-            self._banner = ""
+        elif self._banner is not None and all(s.listening for s in self._slots.values() if s.first):
+            # (the load test's driver waits for this line: loadtest/driver.py, wait_workers)
+            print(f"{self.name}: {all_listen(self.n)}", file=sys.stderr, flush=True)
+            if self._banner:
+                print(self._banner, flush=True)
+            self._banner = None
 
     def _drain(self) -> int:
         """After a stop: wait for every worker, killing any still running stop_grace_s later; the highest status."""

@@ -64,9 +64,9 @@ def worker_sockets(parent: int) -> dict[int, int]:
     return held
 
 
-async def both_listening(parent: int) -> dict[int, int]:
+async def both_listening(parent: int, log: Path) -> dict[int, int]:
     """/healthz answers once the first worker listens: wait for the second, as the load driver does."""
-    await wait_workers(parent, 2)
+    await wait_workers(parent, 2, log)
     held = worker_sockets(parent)
     assert len(held) == 2, held
     return held
@@ -109,7 +109,7 @@ async def test_ceiling_workers_share_the_port(redis: Redis, prefix: str, http: a
     each ack still only after Redis holds the answer; SIGTERM stops both (server() checks the exit status)."""
     with server_process("ceiling", "--redis-url", REDIS_URL, "--prefix", prefix, "--workers", "2",
                         log_path=tmp_path / "ceiling.log") as (url, proc):  # fmt: skip
-        before = await both_listening(proc.pid)
+        before = await both_listening(proc.pid, tmp_path / "ceiling.log")
         students = [await http.ws_connect(f"{url}/ws?student=w{i}") for i in range(40)]
         for i, ws in enumerate(students):
             await ws.send_str(json.dumps({"type": "answer", "seq": 1, "q": i, "choice": "A"}))
@@ -212,7 +212,7 @@ async def test_http_pg_workers_share_the_port(own_database_url: str, http: aioht
     requests, and every ack is a committed row."""
     with server_process("http_pg", "--database-url", own_database_url, "--pool-size", "2", "--workers", "2",
                         log_path=tmp_path / "http_pg.log") as (url, proc):  # fmt: skip
-        before = await both_listening(proc.pid)
+        before = await both_listening(proc.pid, tmp_path / "http_pg.log")
 
         async def post(i: int) -> None:
             async with http.post(f"{url}/answer", json={"student": f"w{i}", "seq": 1, "q": 1, "choice": "A"}) as r:
@@ -232,8 +232,9 @@ async def test_a_server_short_of_workers_is_an_error(tmp_path: Path) -> None:
     """The load must not start on fewer processes than asked for: the wait says how many it found, with the log."""
     log = tmp_path / "server.log"
     log.write_text("worker 1 failed: address in use")
-    with pytest.raises(RuntimeError, match=r"0 of 2 worker processes running:\n.*address in use"):
-        await wait_workers(os.getpid(), 2, log)  # this process has no spawned workers
+    with pytest.raises(RuntimeError, match=r"0 of 2 worker processes running, not all listening after 0.5 s:\n"
+                                           r".*address in use"):  # fmt: skip
+        await wait_workers(os.getpid(), 2, log, timeout_s=0.5)  # this process has no spawned workers
 
 
 @pytest.mark.parametrize("module", ["ceiling", "http_pg"])

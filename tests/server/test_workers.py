@@ -96,6 +96,7 @@ def test_a_killed_worker_is_replaced_and_a_stop_stops_all(
     parent = supervise(tmp_path, "serve")
     stopped.append(parent)
     logged(tmp_path, "w: all listen")
+    assert "w: all 2 workers listen" in log_of(tmp_path)  # what the load test's driver waits for
     first = worker_pids(parent.pid)
     assert len(first) == 2
     victim = first[0]
@@ -160,7 +161,7 @@ def test_a_worker_that_cannot_start_stops_everything_with_its_status(
     assert parent.wait(20) == 3, log_of(tmp_path)
     assert "exited with status 3 before it listened; stopping" in log_of(tmp_path)
     assert "starting another" not in log_of(tmp_path)
-    assert "w: all listen" not in log_of(tmp_path)
+    assert "w: all listen" not in log_of(tmp_path) and "workers listen" not in log_of(tmp_path)
 
 
 def test_a_crash_loop_gives_up(tmp_path: Path, stopped: list[subprocess.Popen[bytes]]) -> None:
