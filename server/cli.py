@@ -13,10 +13,14 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server import workers
 from server.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from server.succession import Place
+    from storage.session_store import RedisSessionStore
 
 log = logging.getLogger("examhub")
 
@@ -75,6 +79,7 @@ async def _serve(settings: Settings, banner: bool, reuse_port: bool = False) -> 
     # No access log by default: one log line per request costs more than the request (EXAMHUB_ACCESS_LOG=1).
     runner = web.AppRunner(app, handle_signals=False, access_log=log if settings.access_log else None)
     await runner.setup()
+    place = await _succeed(settings, app[SERVICES].store)
     # A start storm is thousands of handshakes at once: the default listen backlog (128) overflows and the
     # kernel drops SYNs, which clients see as second-long connect timeouts (docs/performance.md, start storm).
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, reuse_port=reuse_port or None,
@@ -97,6 +102,42 @@ async def _serve(settings: Settings, banner: bool, reuse_port: bool = False) -> 
     await stop.wait()
     print("examhub: shutting down", flush=True)
     await runner.cleanup()
+    if place is not None:
+        place.close()  # only now: its students have been marked offline
+
+
+async def _succeed(settings: Settings, store: RedisSessionStore) -> Place | None:
+    """Take this process' place on its port and end the lease of the process that had it before, which has ended
+    (server/succession.py): its students, coming back here, count as dropped, not as second devices. Before this
+    process listens, so that none of them comes back first. An ephemeral port (0) has no successor."""
+    from redis.exceptions import RedisError
+
+    from server import succession
+    from storage.errors import StorageUnavailable
+
+    if settings.port == 0:
+        return None
+    try:
+        place = succession.take(settings.data_dir, settings.port, workers.slot())
+    except OSError as exc:
+        log.warning("no place in %s (%s): a successor of this process cannot end its lease", settings.data_dir, exc)
+        return None
+    if place is None:  # another live process holds it (one still shutting down marks its students offline itself)
+        return None
+    if place.previous is not None and place.previous != store.host:
+        try:
+            await store.succeed(place.previous)
+        except (StorageUnavailable, RedisError, OSError) as exc:  # serving matters more: the lease runs out anyway
+            log.warning("could not end the lease of %s, the ended process before this one: %s", place.previous, exc)
+        else:
+            log.info("ended the lease of %s, the process that served this port before this one", place.previous)
+    try:
+        place.record(store.host)
+    except OSError as exc:
+        log.warning("cannot write %s (%s): a successor of this process cannot end its lease", place.path, exc)
+        place.close()
+        return None
+    return place
 
 
 async def _template_lines(services: object) -> str:

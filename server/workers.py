@@ -41,6 +41,7 @@ from typing import Any
 
 _to_parent: list[Connection] = []  # in a worker: the pipe its parent waits on (ready())
 _parent: list[int] = []  # in a worker: its parent's pid (on_orphaned())
+_slot: list[int] = []  # in a worker: its slot, 0 to N-1, which its replacements take over (slot())
 
 
 def ready(name: str = "") -> None:
@@ -51,6 +52,11 @@ def ready(name: str = "") -> None:
         with contextlib.suppress(OSError):
             conn.send_bytes(b"listening " + name.encode())
         conn.close()
+
+
+def slot() -> int:
+    """In a worker, its slot (0 to N-1; a replacement takes the slot of the worker it replaces); elsewhere 0."""
+    return _slot[0] if _slot else 0
 
 
 def on_orphaned(stop: Callable[[], None], every_s: float = 1.0) -> None:
@@ -71,9 +77,10 @@ def on_orphaned(stop: Callable[[], None], every_s: float = 1.0) -> None:
     loop.call_later(every_s, look)
 
 
-def _child(conn: Connection, target: Callable[..., None], args: tuple[Any, ...]) -> None:
+def _child(conn: Connection, index: int, target: Callable[..., None], args: tuple[Any, ...]) -> None:
     _to_parent.append(conn)
     _parent.append(os.getppid())
+    _slot.append(index)
     target(*args)
 
 
@@ -133,7 +140,7 @@ class Supervisor:
     def _start(self, index: int, replaces: int | None = None) -> None:
         ctx = self._ctx()
         reader, writer = ctx.Pipe(duplex=False)
-        process = ctx.Process(target=_child, args=(writer, self.target, self.args), name=f"{self.name}-{index}")
+        process = ctx.Process(target=_child, args=(writer, index, self.target, self.args), name=f"{self.name}-{index}")
         process.start()
         writer.close()  # the worker has its own end: the parent's reader sees EOF when the worker dies
         self._slots[index] = _Slot(index, process, reader, first=replaces is None, replaces=replaces)

@@ -286,6 +286,14 @@ class RedisSessionStore:
                  for p in range(PARTITIONS)]  # fmt: skip
         await asyncio.gather(*calls)
 
+    async def succeed(self, predecessor: str) -> None:
+        """This process has taken the place of hub process `predecessor`, which has ended at some time since its last
+        renewal (server/succession.py): its lease ends as of then, in every partition (lease.lua, 'succeeded'), so that
+        its students' next connections count as dropped since its last sign of life, not as second devices."""
+        args: list[str | int] = [predecessor, LEASE_FORGET_MS, "succeeded"]
+        lease = self._scripts.lease
+        await asyncio.gather(*(self._writer.call(lease, [self.keys.hosts(p)], args) for p in range(PARTITIONS)))
+
     @staticmethod
     async def release_lease(redis: AnyRedis, scripts: Scripts, keys: Keys, host: str) -> None:
         """Hub process `host` has ended (its parent saw it exit): its lease ends now, in every partition (a field

@@ -41,6 +41,16 @@ async def test_kill_9_of_one_of_serve_workers_processes_loses_nothing_and_flags_
     assert result.figures["second_devices"] == 0 and result.figures["ledger_drops"] > 0
 
 
+async def test_kill_9_of_a_lone_hub_restarted_on_its_port_loses_nothing_and_flags_no_one() -> None:
+    """A single `examhub serve`, killed and started again on its port (as a container's restart policy does): the
+    new process ends the dead one's lease (server/succession.py), so its students are drops in their time ledgers,
+    not second devices (the case checks both, and that every restart ended a lease)."""
+    result = await cases.hub_restart(students=30, kills=3, gap_s=1.5, resume_p99_max_s=None)
+    assert_clean(result)
+    assert result.figures["resumes"] >= 3
+    assert result.figures["second_devices"] == 0 and result.figures["ledger_drops"] > 0
+
+
 async def test_crash_points_before_and_after_the_redis_write_and_after_the_ack() -> None:
     result = await cases.crash_points(students=15, after=25)
     assert_clean(result)  # includes: each of the three points was reached (exit 137)

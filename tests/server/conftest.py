@@ -132,3 +132,38 @@ async def token_for(client: TestClient[Any, Any], role: str, tier: str = "enroll
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+# ---- a hub in its own process (tests of `examhub serve` killed and restarted) -------------------------------------
+
+
+async def quick_template_id(database_url: str) -> int:
+    """The seeded 10-question template's id in that database."""
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        tid: int = await conn.fetchval("SELECT id FROM test_templates WHERE slug = 'biology-quick-10'")
+    finally:
+        await conn.close()
+    return tid
+
+
+async def start_live(http: aiohttp.ClientSession, base: str, template_id: int) -> tuple[str, str]:
+    """A guest starts a session on the hub at `base`: (its id, its WebSocket URL)."""
+    async with http.post(base + "/api/auth/guest", json={"display_name": "Ira"}) as r:
+        token = (await r.json())["token"]
+    async with http.post(base + "/api/sessions", json={"template_id": template_id},
+                         headers={"Authorization": f"Bearer {token}"}) as r:  # fmt: skip
+        started = await r.json()
+    return started["session_id"], f"{base.replace('http', 'ws')}/ws/student?token={started['token']}"
+
+
+async def first_answer_acked(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Read the state frame, answer the first question (seq 1) and wait for its ack."""
+    state = json.loads((await ws.receive(timeout=10)).data)
+    q = state["questions"][0]
+    await ws.send_str(json.dumps({"type": "answer", "seq": 1, "q": q["id"], "choice": q["options"][0]["id"]}))
+    while (frame := json.loads((await ws.receive(timeout=10)).data))["type"] != "ack":
+        pass
+    assert frame["seq"] == 1

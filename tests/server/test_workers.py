@@ -270,6 +270,9 @@ def test_serve_with_two_workers_stays_at_two(own_database_url: str, prefix: str,
     assert all(serving() for _ in range(20))
     assert not [e for e in events if e.startswith("second_device")], events
     assert len(ledger) == 1, ledger  # the drop, from the release to the return
+    # each process holds its slot's place on the port (server/succession.py); the replacement took the dead one's
+    held = {int((tmp_path / f"hub-{port}-{slot}.lease").read_text().rsplit("-", 2)[-2]) for slot in (0, 1)}
+    assert held == set(after), (held, after)
 
     parent.send_signal(signal.SIGTERM)
     assert parent.wait(30) == 0, log_of(tmp_path)
@@ -307,10 +310,10 @@ async def _kill_under_a_student(
     (its pid is in the host id the session names in Redis: hostname-pid-xxxx) is killed while the student is
     connected; once another process has taken its place, the student connects again. Returns the killed pid, the
     workers then, and the session's anti-cheat events and time ledger."""
-    import asyncpg
     from redis.asyncio import Redis
 
     from storage.keys import Keys
+    from tests.server.conftest import first_answer_acked, quick_template_id, start_live
 
     async def logged_async(text: str) -> None:
         for _ in range(600):
@@ -319,30 +322,14 @@ async def _kill_under_a_student(
             await asyncio.sleep(0.05)
         raise AssertionError(f"{text!r} not in the log:\n{log_of(tmp_path)[-3000:]}")
 
-    conn = await asyncpg.connect(database_url)
-    try:
-        tid = await conn.fetchval("SELECT id FROM test_templates WHERE slug = 'biology-quick-10'")
-    finally:
-        await conn.close()
+    tid = await quick_template_id(database_url)
     redis = Redis.from_url(REDIS_URL, decode_responses=True)
-    k = None
     try:
         async with aiohttp.ClientSession() as http:
-            async with http.post(base + "/api/auth/guest", json={"display_name": "Ira"}) as r:
-                token = (await r.json())["token"]
-            async with http.post(base + "/api/sessions", json={"template_id": tid},
-                                 headers={"Authorization": f"Bearer {token}"}) as r:  # fmt: skip
-                started = await r.json()
-            k = Keys(prefix).session(started["session_id"])
-            url = f"{base.replace('http', 'ws')}/ws/student?token={started['token']}"
+            sid, url = await start_live(http, base, tid)
+            k = Keys(prefix).session(sid)
             async with http.ws_connect(url) as ws:
-                state = json.loads((await ws.receive(timeout=10)).data)
-                q = state["questions"][0]
-                answer = {"type": "answer", "seq": 1, "q": q["id"], "choice": q["options"][0]["id"]}
-                await ws.send_str(json.dumps(answer))
-                while (frame := json.loads((await ws.receive(timeout=10)).data))["type"] != "ack":
-                    pass
-                assert frame["seq"] == 1
+                await first_answer_acked(ws)
                 host = await redis.hget(k.meta, "host")
                 assert host and await redis.hget(k.meta, "online") == "1"
                 holder = int(host.rsplit("-", 2)[-2])

@@ -218,6 +218,64 @@ async def test_a_process_whose_lease_was_released_counts_as_gone_at_once(
     assert since == released and gap == returned - released >= 0
 
 
+async def test_a_successor_ends_its_dead_predecessors_lease_as_of_its_last_renewal(
+    store: RedisSessionStore, redis: Redis
+) -> None:
+    """A single `examhub serve` killed and started again (server/succession.py): the new process, hub-c, knows hub-a
+    has ended, not when. The student, back within LEASE_TTL_MS, is dropped since hub-a's last renewal (the last sign
+    of life, as for an expired lease), not a second device."""
+    from sessions.model import CheatKind
+    from storage.keys import PARTITIONS, partition_of
+
+    _, b = await two_hubs_with_an_active_session(store)
+    seconds, micros = await redis.time()
+    last_seen = int(seconds) * 1000 + int(micros) // 1000 - 3_000  # hub-a renewed 3 s ago, then was killed
+    for p in range(PARTITIONS):
+        await redis.hset(store.keys.hosts(p), "hub-a", last_seen)
+    assert await b.live_hosts(max_age_s=0) == {"hub-a", "hub-b"}  # its lease still holds
+
+    c = hub_store(store, "hub-c")
+    await c.renew_lease()
+    await c.succeed("hub-a")
+    stamps = {await redis.hget(store.keys.hosts(p), "hub-a|gone") for p in range(PARTITIONS)}
+    assert stamps == {str(last_seen)}  # in every partition, as of the last renewal
+    assert await redis.hget(store.keys.hosts(0), "hub-a") == str(last_seen)  # its own field as it was
+    assert await c.live_hosts(max_age_s=0) == {"hub-b", "hub-c"}
+
+    back = await c.open(SID, "u1", "10.0.0.1")
+    assert isinstance(back, Opened)
+    assert CheatKind.SECOND_DEVICE not in [c.kind for c in back.stored.state.cheats]
+    after = await c.load(SID)
+    assert after is not None
+    ((since, returned, gap, _),) = after.ledger
+    assert since == last_seen and gap == returned - last_seen >= 3_000
+    assert await redis.hget(store.keys.hosts(partition_of(SID)), "hub-c|gone") is None
+
+
+async def test_a_successor_keeps_the_release_its_predecessors_parent_made(
+    store: RedisSessionStore, redis: Redis
+) -> None:
+    """`serve --workers`: the parent released the dead worker's lease as it saw it die; the replacement, taking the
+    same place, then succeeds it too. The parent's time (the death, seen) stands, not the last renewal."""
+    await two_hubs_with_an_active_session(store)
+    seconds, _ = await redis.time()
+    last_seen = int(seconds) * 1000 - 3_000
+    await redis.hset(store.keys.hosts(0), "hub-a", last_seen)  # its last renewal, 3 s before it died
+    await RedisSessionStore.release_lease(redis, store.scripts, store.keys, "hub-a")
+    released = await redis.hget(store.keys.hosts(0), "hub-a|gone")
+    assert released is not None and int(released) > last_seen
+    await hub_store(store, "hub-c").succeed("hub-a")
+    assert await redis.hget(store.keys.hosts(0), "hub-a|gone") == released
+
+
+async def test_a_successor_of_a_forgotten_process_writes_nothing(store: RedisSessionStore, redis: Redis) -> None:
+    """A predecessor whose lease is long forgotten (or never was): no '|gone' field without a time to give it."""
+    c = hub_store(store, "hub-c")
+    await c.succeed("hub-z")
+    assert await redis.hget(store.keys.hosts(0), "hub-z|gone") is None
+    assert await redis.hget(store.keys.hosts(0), "hub-z") is None
+
+
 async def test_a_renewal_clears_a_release_of_the_same_id(store: RedisSessionStore, redis: Redis) -> None:
     a, _ = await two_hubs_with_an_active_session(store)
     await RedisSessionStore.release_lease(redis, store.scripts, store.keys, "hub-a")

@@ -1,0 +1,180 @@
+"""server/succession.py: a hub process' place on its port, and what it tells of the process before it (real files,
+real locks, real processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from server import succession
+from storage.embedded import free_port
+from tests.conftest import REDIS_URL
+
+ROOT = Path(__file__).resolve().parents[2]
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from server import succession
+place = succession.take(Path(sys.argv[1]), int(sys.argv[2]))
+assert place is not None
+place.record(sys.argv[3])
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def _holder(data_dir: Path, port: int, host: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(data_dir), str(port), host], stdout=subprocess.PIPE,
+                            text=True, cwd=ROOT)  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def _end(proc: subprocess.Popen[str], sig: signal.Signals = signal.SIGKILL) -> None:
+    proc.send_signal(sig)
+    proc.wait()
+    assert proc.stdout is not None
+    proc.stdout.close()
+
+
+def test_the_first_process_on_a_port_has_no_predecessor(tmp_path: Path) -> None:
+    place = succession.take(tmp_path / "data", 8080)
+    assert place is not None and place.previous is None
+    assert place.path == tmp_path / "data" / "hub-8080-0.lease"  # the data directory is made
+    place.record("host-1-abcd")
+    assert place.path.read_text() == "host-1-abcd"
+    place.close()
+
+
+def test_the_next_process_reads_the_one_before_and_records_itself(tmp_path: Path) -> None:
+    first = succession.take(tmp_path, 8080)
+    assert first is not None
+    first.record("a-long-host-name-of-the-first-process-1-abcd")
+    first.close()  # it ends
+    second = succession.take(tmp_path, 8080)
+    assert second is not None and second.previous == "a-long-host-name-of-the-first-process-1-abcd"
+    second.record("b-2-ef01")  # shorter: nothing of the longer id is left behind
+    second.close()
+    third = succession.take(tmp_path, 8080)
+    assert third is not None and third.previous == "b-2-ef01"
+    third.close()
+
+
+def test_a_place_held_by_a_live_process_is_not_taken(tmp_path: Path) -> None:
+    holder = _holder(tmp_path, 8080, "alive-1-0001")
+    try:
+        assert succession.take(tmp_path, 8080) is None  # its lease must not be ended: it is alive
+        other = succession.take(tmp_path, 8081)  # another port, another place
+        assert other is not None and other.previous is None
+        other.close()
+        worker = succession.take(tmp_path, 8080, slot=1)  # another worker slot of `serve --workers`
+        assert worker is not None and worker.previous is None
+        worker.close()
+    finally:
+        _end(holder)
+
+
+def test_a_killed_process_leaves_its_place_and_its_name(tmp_path: Path) -> None:
+    holder = _holder(tmp_path, 8080, "killed-7-0bad")
+    _end(holder, signal.SIGKILL)  # no clean-up runs: the kernel frees the lock
+    place = succession.take(tmp_path, 8080)
+    assert place is not None and place.previous == "killed-7-0bad"
+    place.close()
+
+
+def test_a_data_directory_that_cannot_hold_the_file_raises(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    with pytest.raises(OSError):
+        succession.take(blocked, 8080)
+
+
+def _serve(database_url: str, prefix: str, data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """One `examhub serve`, as Docker or systemd would run it: no parent of its own to see it die."""
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "EXAMHUB_REDIS_PREFIX": prefix,
+           "EXAMHUB_SECRET": "s" * 48, "EXAMHUB_REDIS_DURABILITY": "warn", "EXAMHUB_DATA_DIR": str(data_dir),
+           "EXAMHUB_PORT": str(port)}  # fmt: skip
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def _text(log: Path) -> str:
+    return log.read_text(errors="replace")
+
+
+async def _logged(log: Path, text: str, within_s: float = 60.0) -> None:
+    for _ in range(int(within_s / 0.05)):
+        if text in _text(log):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{text!r} not in {log.name}:\n{_text(log)[-3000:]}")
+
+
+def test_a_killed_hub_restarted_on_its_port_ends_its_own_lease(own_database_url: str, prefix: str,
+                                                                tmp_path: Path) -> None:  # fmt: skip
+    """A single `examhub serve` is killed (kill -9) under a connected student and started again on its port, as a
+    container's restart policy does. The new process ends the dead one's lease before it listens, so the student,
+    back within the lease's 15 s, is recorded as dropped since the dead process' last renewal (time ledger), not as
+    a second device (which the proctor's risk score counts)."""
+    asyncio.run(_kill_and_restart(own_database_url, prefix, tmp_path))
+
+
+async def _kill_and_restart(database_url: str, prefix: str, tmp_path: Path) -> None:
+    from redis.asyncio import Redis
+
+    from storage.keys import Keys, partition_of
+    from storage.session_store import LEASE_TTL_MS
+    from tests.server.conftest import first_answer_acked, quick_template_id, start_live
+
+    port, data = free_port(), tmp_path / "data"
+    base = f"http://127.0.0.1:{port}"
+    tid = await quick_template_id(database_url)
+    redis = Redis.from_url(REDIS_URL, decode_responses=True)
+    first = _serve(database_url, prefix, data, port, tmp_path / "first.log")
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        await _logged(tmp_path / "first.log", "examhub: serving on")
+        async with aiohttp.ClientSession() as http:
+            sid, url = await start_live(http, base, tid)
+            k, hosts = Keys(prefix).session(sid), Keys(prefix).hosts(partition_of(sid))
+            async with http.ws_connect(url) as ws:
+                await first_answer_acked(ws)
+                host = await redis.hget(k.meta, "host")
+                assert host and int(host.rsplit("-", 2)[-2]) == first.pid
+                assert _text(data / f"hub-{port}-0.lease") == host
+
+                first.send_signal(signal.SIGKILL)  # the student is still connected: nobody marks them offline
+                first.wait()
+                seen = int(await redis.hget(hosts, host) or 0)
+                assert seen and await redis.hget(hosts, f"{host}|gone") is None  # its lease still holds
+
+                second = _serve(database_url, prefix, data, port, tmp_path / "second.log")
+                await _logged(tmp_path / "second.log", "examhub: serving on")
+                assert f"ended the lease of {host}" in _text(tmp_path / "second.log")
+                assert await redis.hget(hosts, f"{host}|gone") == str(seen)  # as of its last renewal
+                async with http.ws_connect(url) as again:
+                    state = json.loads((await again.receive(timeout=10)).data)
+                    assert state["type"] == "state" and state["last_seq"] == 1
+                seconds, _ = await redis.time()
+                assert int(seconds) * 1000 - seen < LEASE_TTL_MS, "back too late to tell: the lease ran out anyway"
+        events, ledger = await redis.lrange(k.ev, 0, -1), await redis.lrange(k.ledger, 0, -1)
+        assert not [e for e in events if e.startswith("second_device")], events
+        ((since, returned, gap, _),) = [tuple(int(x) for x in e.split("|")) for e in ledger]
+        assert since == seen and gap == returned - seen > 0
+        assert _text(data / f"hub-{port}-0.lease") != host  # the new process' own id, for its successor
+    finally:
+        await redis.aclose()
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
