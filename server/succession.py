@@ -14,7 +14,9 @@ does, at start:
 
 Not by host name (two machines may share one, and a live process must never read as gone), nor by guessing from the
 lease's age. A lock held by another live process (two servers on one port under `--workers`, a predecessor still
-shutting down: it marks its own students offline) says nothing, and nothing is released.
+shutting down: it marks its own students offline) says nothing, and nothing is released. One folder shared by two
+machines on a file system whose locks are not shared between them (NFS without its lock service) would defeat the
+proof: each could end the other's live lease, which its next renewal (within 5 s) undoes. Give each its own folder.
 """
 
 from __future__ import annotations
