@@ -47,6 +47,8 @@ from storage.writer import CoalescingWriter
 
 log = logging.getLogger(__name__)
 
+SUBSCRIBE_WAIT_S = 10.0  # how long a starting hub process waits for its Redis subscription (listen_control)
+
 
 def connect_redis(settings: Settings, *, decode: bool = True) -> AnyRedis:
     assert settings.redis_url is not None
@@ -131,7 +133,8 @@ async def open_services(settings: Settings) -> Services:
         await writer.start()
         # this process' name: its flusher's consumer name and its lease (storage/lua/lease.lua)
         consumer = f"{socket.gethostname()}-{os.getpid()}-{id(writer) & 0xFFFF:04x}"
-        store = RedisSessionStore(redis, writer, scripts, keys, settings.created_ttl_s, host=consumer)
+        store = RedisSessionStore(redis, writer, scripts, keys, settings.created_ttl_s, host=consumer,
+                                  subscribed=not settings.redis_cluster)  # fmt: skip
         await store.renew_lease()  # alive before the first connection can name this process
         catalog = Catalog(pool)
         sweeper = Sweeper(redis, store, settings.sweep_interval_s)
@@ -241,6 +244,10 @@ def create_app(settings: Settings) -> web.Application:
                 services.background((services.flusher.lane(n) if n else services.flusher).run())
             services.background(services.sweeper.run())
         services.background(listen_control(services))
+        try:  # subscribed before the first student can name this process: until then it reads as dead (open.lua)
+            await asyncio.wait_for(services.listening.wait(), SUBSCRIBE_WAIT_S)
+        except TimeoutError:
+            log.warning("not subscribed to Redis within %s s: serving anyway", SUBSCRIBE_WAIT_S)
         services.background(_renew_lease(services))
         services.background(services.rooms.run_publisher())
         services.background(services.rooms.run_subscriber())

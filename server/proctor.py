@@ -323,11 +323,14 @@ async def listen_control(services: Services) -> None:
 
     keys = services.store.keys
     channels = [keys.fence_channel, keys.broadcast_channel, *(keys.control_channel(p) for p in range(PARTITIONS))]
+    if services.store.host:  # "alive": nothing is published there; open.lua counts its subscribers
+        channels.append(keys.alive_channel(services.store.host))
     hub = services.hub
     while True:
         try:
             async with subscriber(services.settings, services.redis) as ps:
                 await ps.subscribe(*channels)
+                services.listening.set()
                 async for message in ps.listen():
                     channel, data = str(message["channel"]), str(message["data"])
                     if channel == keys.fence_channel:

@@ -22,6 +22,9 @@ Key                          Type    Owner and lifetime
                                      processes: each renews its field every few seconds, and any renewal deletes
                                      fields silent for an hour (lease.lua).
 <prefix>:fence               channel pub/sub: "<sid> <epoch>" when a newer connection takes a session over.
+<prefix>:alive:<host>        channel pub/sub, never published to: each hub process subscribes to its own while it lives
+                                     (server/proctor.py, listen_control); open.lua counts its subscribers
+                                     (PUBSUB NUMSUB) to tell a process killed a moment ago from a live one.
 <prefix>:{pNN}:ctl           channel pub/sub: "<sid> <json>" a proctor changed the session (every hub process
                                      listens to all partitions and acts for the sessions it holds).
 <prefix>:bcast               channel pub/sub: {"template": id, "text": ...} a proctor's message to a whole room.
@@ -91,6 +94,13 @@ class Keys:
     @property
     def fence_channel(self) -> str:
         return f"{self.prefix}:fence"
+
+    @property
+    def alive_prefix(self) -> str:
+        return f"{self.prefix}:alive:"
+
+    def alive_channel(self, host: str) -> str:
+        return f"{self.alive_prefix}{host}"
 
     @property
     def broadcast_channel(self) -> str:

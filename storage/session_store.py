@@ -271,6 +271,7 @@ class RedisSessionStore:
         keys: Keys,
         created_ttl_s: int,
         host: str = "",
+        subscribed: bool = False,
     ) -> None:
         self._redis = redis
         self._writer = writer
@@ -278,6 +279,10 @@ class RedisSessionStore:
         self.keys = keys
         self._created_ttl_s = created_ttl_s
         self.host = host  # this process' id for leases ('' : no lease tracking, as in storage-only tests)
+        # every hub process on this Redis keeps a subscription to its alive channel (Keys.alive_channel) while it lives,
+        # so that open.lua can tell a process killed a moment ago from a live one; not on a Redis Cluster, where a
+        # node counts only its own subscribers
+        self.subscribed = subscribed
         self._live: tuple[float, frozenset[str]] = (0.0, frozenset())
 
     async def renew_lease(self) -> None:
@@ -367,7 +372,8 @@ class RedisSessionStore:
         Returns Outcome.NO_SESSION or Outcome.FORBIDDEN (not the owner; nothing changed) otherwise."""
         k = self.keys.session(sid)
         keys = [k.meta, k.ans, k.ev, k.due, k.ledger, self.keys.hosts(partition_of(sid))]
-        args: list[str | int] = [user_id, ip, self.host, LEASE_TTL_MS, self.keys.fence_channel]
+        alive = self.keys.alive_prefix if self.subscribed else ""
+        args: list[str | int] = [user_id, ip, self.host, LEASE_TTL_MS, self.keys.fence_channel, alive]
         raw = await self._writer.call(self._scripts.open, keys, args)
         if raw[0] != "OK":
             return Outcome(raw[0])

@@ -6,6 +6,9 @@
 -- ARGV[3] this hub process' id ('' : no lease tracking), ARGV[4] how long a process' lease lasts (ms)
 -- ARGV[5] the fence channel: '<sid> <epoch>' is published there, so that a process holding an older connection
 --         of this session closes it (published here, not by the hub: one command less per connection)
+-- ARGV[6] the alive channels' prefix ('' : not used): every hub process subscribes to '<prefix><its id>' while it
+--         lives, so a holder whose lease still holds but whose channel has no subscriber was killed a moment ago
+--         (its socket to Redis closed with it); '' on a Redis Cluster, where a node counts only its own subscribers
 -- Returns {'OK', now_ms, epoch, meta (flat field/value list), answers (flat), events (list)}
 --      or {'NO_SESSION'} or {'FORBIDDEN'} (nothing is changed then).
 local meta, ans, ev, due, ledger, hosts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -22,8 +25,8 @@ if online and ARGV[3] ~= '' and m[10] then
   local lease = redis.call('HMGET', hosts, m[10], m[10] .. '|gone')
   local seen, gone = tonumber(lease[1]), tonumber(lease[2])
   if gone then
-    -- the process that held the connection has ended, and its parent said so when it saw it (lease.lua, release):
-    -- the student has been offline since then; not a second device
+    -- the process that held the connection has ended, and its parent said so when it saw it (lease.lua, release),
+    -- or its successor on its port did (succeeded): the student has been offline since then; not a second device
     online = false
     since = since or gone
   elseif not seen or now - seen > tonumber(ARGV[4]) then
@@ -31,6 +34,12 @@ if online and ARGV[3] ~= '' and m[10] then
     -- student has been offline since its last sign of life; not a second device
     online = false
     since = since or seen or now
+  elseif (ARGV[6] or '') ~= '' and m[10] ~= ARGV[3]
+      and redis.call('PUBSUB', 'NUMSUB', ARGV[6] .. m[10])[2] == 0 then
+    -- another process, whose lease holds, but nothing listens on its alive channel: killed within the lease's
+    -- last seconds, before anyone could say so; as above
+    online = false
+    since = since or seen
   end
 end
 if since and status == 'active' then

@@ -178,3 +178,64 @@ async def _kill_and_restart(database_url: str, prefix: str, tmp_path: Path) -> N
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
+
+
+def test_a_killed_hubs_student_back_on_another_hub_at_once_is_a_drop(own_database_url: str, prefix: str,
+                                                                     tmp_path: Path) -> None:  # fmt: skip
+    """Two `examhub serve` processes, as behind a load balancer: the one holding a connected student is killed
+    (kill -9) and the student comes straight back on the other, seconds within the dead one's lease. The dead
+    process' alive channel has no subscriber any more (Redis dropped it with the process' connection), so the
+    student is a drop since that process' last renewal, not a second device. And while both live, a second
+    connection on the other hub is one."""
+    asyncio.run(_kill_and_move(own_database_url, prefix, tmp_path))
+
+
+async def _kill_and_move(database_url: str, prefix: str, tmp_path: Path) -> None:
+    from redis.asyncio import Redis
+
+    from storage.keys import Keys, partition_of
+    from storage.session_store import LEASE_TTL_MS
+    from tests.server.conftest import first_answer_acked, quick_template_id, start_live
+
+    ports = free_port(), free_port()
+    bases = [f"http://127.0.0.1:{p}" for p in ports]
+    tid = await quick_template_id(database_url)
+    redis = Redis.from_url(REDIS_URL, decode_responses=True)
+    procs = [_serve(database_url, prefix, tmp_path / f"data{i}", p, tmp_path / f"hub{i}.log")
+             for i, p in enumerate(ports)]  # fmt: skip
+    try:
+        for i in (0, 1):
+            await _logged(tmp_path / f"hub{i}.log", "examhub: serving on")
+        async with aiohttp.ClientSession() as http:
+            sid, url = await start_live(http, bases[0], tid)
+            k, hosts = Keys(prefix).session(sid), Keys(prefix).hosts(partition_of(sid))
+            other = url.replace(bases[0].replace("http", "ws"), bases[1].replace("http", "ws"))
+            async with http.ws_connect(url) as ws:
+                await first_answer_acked(ws)
+                async with http.ws_connect(other) as second:  # both hubs alive: a second device
+                    assert json.loads((await second.receive(timeout=10)).data)["type"] == "state"
+            assert await redis.lrange(k.ev, 0, -1) != []
+            async with http.ws_connect(url) as ws:  # back on the first hub, then it is killed under the student
+                assert json.loads((await ws.receive(timeout=10)).data)["type"] == "state"
+                host = await redis.hget(k.meta, "host")
+                assert host and int(host.rsplit("-", 2)[-2]) == procs[0].pid
+                events_before = await redis.lrange(k.ev, 0, -1)
+                procs[0].send_signal(signal.SIGKILL)
+                procs[0].wait()
+                seen = int(await redis.hget(hosts, host) or 0)
+                async with http.ws_connect(other) as again:
+                    state = json.loads((await again.receive(timeout=10)).data)
+                    assert state["type"] == "state" and state["last_seq"] == 1
+                seconds, _ = await redis.time()
+                assert int(seconds) * 1000 - seen < LEASE_TTL_MS, "back too late to tell: the lease ran out anyway"
+        events, ledger = await redis.lrange(k.ev, 0, -1), await redis.lrange(k.ledger, 0, -1)
+        assert events == events_before, events  # no second device for the return after the kill
+        assert [e for e in events if e.startswith("second_device")], events  # (the one while both lived)
+        since, returned, gap, _ = (int(x) for x in ledger[-1].split("|"))
+        assert since == seen and gap == returned - seen > 0
+    finally:
+        await redis.aclose()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)

@@ -127,9 +127,11 @@ async def test_a_takeover_while_online_is_recorded_as_a_second_device(store: Red
     assert epoch < second.stored.epoch < third.stored.epoch
 
 
-def hub_store(store: RedisSessionStore, host: str) -> RedisSessionStore:
-    """Another hub process on the same Redis, with its own lease."""
-    return RedisSessionStore(store._redis, store._writer, store.scripts, store.keys, 3600, host=host)
+def hub_store(store: RedisSessionStore, host: str, subscribed: bool = False) -> RedisSessionStore:
+    """Another hub process on the same Redis, with its own lease (and with `subscribed`, reading other processes'
+    alive channels, as a hub on a single Redis does)."""
+    return RedisSessionStore(store._redis, store._writer, store.scripts, store.keys, 3600, host=host,
+                             subscribed=subscribed)  # fmt: skip
 
 
 async def two_hubs_with_an_active_session(store: RedisSessionStore) -> tuple[RedisSessionStore, RedisSessionStore]:
@@ -185,6 +187,40 @@ async def test_a_takeover_from_a_live_process_is_still_a_second_device(store: Re
     assert [c.kind for c in second.stored.state.cheats] == [CheatKind.SECOND_DEVICE]
     after = await b.load(SID)
     assert after is not None and after.ledger == ()
+
+
+async def test_a_process_killed_while_its_lease_holds_is_told_by_its_silent_alive_channel(
+    store: RedisSessionStore, redis: Redis
+) -> None:
+    """Two hubs behind a load balancer: hub-a is killed and its student comes straight back on hub-b, well within
+    hub-a's lease. While hub-a's subscription to its alive channel lived, a takeover was a second device; once the
+    subscription is gone (its socket to Redis closed with the process), the student is a drop since hub-a's last
+    renewal."""
+    from sessions.model import CheatKind
+    from storage.keys import partition_of
+
+    a, _ = await two_hubs_with_an_active_session(store)
+    b = hub_store(store, "hub-b", subscribed=True)
+    alive = redis.pubsub()
+    await alive.subscribe(store.keys.alive_channel("hub-a"))  # hub-a lives
+    try:
+        second = await b.open(SID, "u1", "10.0.0.2")
+        assert isinstance(second, Opened)
+        assert [c.kind for c in second.stored.state.cheats] == [CheatKind.SECOND_DEVICE]
+        back = await a.open(SID, "u1", "10.0.0.1")  # back on hub-a: hub-b is alive (its lease), a second device too
+        assert isinstance(back, Opened)
+        assert [c.kind for c in back.stored.state.cheats] == [CheatKind.SECOND_DEVICE] * 2
+    finally:
+        await alive.aclose()  # hub-a is killed: Redis drops its subscriptions with its connection
+    seen = int(await redis.hget(store.keys.hosts(partition_of(SID)), "hub-a") or 0)
+    assert seen and await b.live_hosts(max_age_s=0) == {"hub-a", "hub-b"}  # its lease still holds
+    again = await b.open(SID, "u1", "10.0.0.2")
+    assert isinstance(again, Opened)
+    assert [c.kind for c in again.stored.state.cheats] == [CheatKind.SECOND_DEVICE] * 2  # no new one
+    after = await b.load(SID)
+    assert after is not None
+    ((since, returned, gap, _),) = after.ledger  # the drop, from hub-a's last renewal
+    assert since == seen and gap == returned - seen >= 0
 
 
 async def test_a_process_whose_lease_was_released_counts_as_gone_at_once(
