@@ -1,5 +1,5 @@
-"""server/succession.py: a hub process' place on its port, and what it tells of the process before it (real files,
-real locks, real processes)."""
+"""How a hub process that ended without a word is told from a live one, on real processes: its successor on its port
+(server/succession.py: real files, real locks) and its silent alive channel (storage/lua/open.lua)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 
 from server import succession
 from storage.embedded import free_port
@@ -108,6 +109,18 @@ def _serve(database_url: str, prefix: str, data_dir: Path, port: int, log: Path)
                                 stderr=subprocess.STDOUT)  # fmt: skip
 
 
+async def _back_within_the_lease(http: aiohttp.ClientSession, url: str, redis: Redis, seen: int) -> None:
+    """The student connects again, and finds their answer, before the dead process' lease (renewed at `seen`) ran
+    out: otherwise the lease alone would have told, and the test would show nothing."""
+    from storage.session_store import LEASE_TTL_MS
+
+    async with http.ws_connect(url) as again:
+        state = json.loads((await again.receive(timeout=10)).data)
+        assert state["type"] == "state" and state["last_seq"] == 1
+    seconds, _ = await redis.time()
+    assert int(seconds) * 1000 - seen < LEASE_TTL_MS, "back too late to tell: the lease ran out anyway"
+
+
 def _text(log: Path) -> str:
     return log.read_text(errors="replace")
 
@@ -130,10 +143,7 @@ def test_a_killed_hub_restarted_on_its_port_ends_its_own_lease(own_database_url:
 
 
 async def _kill_and_restart(database_url: str, prefix: str, tmp_path: Path) -> None:
-    from redis.asyncio import Redis
-
     from storage.keys import Keys, partition_of
-    from storage.session_store import LEASE_TTL_MS
     from tests.server.conftest import first_answer_acked, quick_template_id, start_live
 
     port, data = free_port(), tmp_path / "data"
@@ -162,11 +172,7 @@ async def _kill_and_restart(database_url: str, prefix: str, tmp_path: Path) -> N
                 await _logged(tmp_path / "second.log", "examhub: serving on")
                 assert f"ended the lease of {host}" in _text(tmp_path / "second.log")
                 assert await redis.hget(hosts, f"{host}|gone") == str(seen)  # as of its last renewal
-                async with http.ws_connect(url) as again:
-                    state = json.loads((await again.receive(timeout=10)).data)
-                    assert state["type"] == "state" and state["last_seq"] == 1
-                seconds, _ = await redis.time()
-                assert int(seconds) * 1000 - seen < LEASE_TTL_MS, "back too late to tell: the lease ran out anyway"
+                await _back_within_the_lease(http, url, redis, seen)
         events, ledger = await redis.lrange(k.ev, 0, -1), await redis.lrange(k.ledger, 0, -1)
         assert not [e for e in events if e.startswith("second_device")], events
         ((since, returned, gap, _),) = [tuple(int(x) for x in e.split("|")) for e in ledger]
@@ -191,10 +197,7 @@ def test_a_killed_hubs_student_back_on_another_hub_at_once_is_a_drop(own_databas
 
 
 async def _kill_and_move(database_url: str, prefix: str, tmp_path: Path) -> None:
-    from redis.asyncio import Redis
-
     from storage.keys import Keys, partition_of
-    from storage.session_store import LEASE_TTL_MS
     from tests.server.conftest import first_answer_acked, quick_template_id, start_live
 
     ports = free_port(), free_port()
@@ -223,11 +226,7 @@ async def _kill_and_move(database_url: str, prefix: str, tmp_path: Path) -> None
                 procs[0].send_signal(signal.SIGKILL)
                 procs[0].wait()
                 seen = int(await redis.hget(hosts, host) or 0)
-                async with http.ws_connect(other) as again:
-                    state = json.loads((await again.receive(timeout=10)).data)
-                    assert state["type"] == "state" and state["last_seq"] == 1
-                seconds, _ = await redis.time()
-                assert int(seconds) * 1000 - seen < LEASE_TTL_MS, "back too late to tell: the lease ran out anyway"
+                await _back_within_the_lease(http, other, redis, seen)
         events, ledger = await redis.lrange(k.ev, 0, -1), await redis.lrange(k.ledger, 0, -1)
         assert events == events_before, events  # no second device for the return after the kill
         assert [e for e in events if e.startswith("second_device")], events  # (the one while both lived)
