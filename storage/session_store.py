@@ -312,7 +312,8 @@ class RedisSessionStore:
         await pipe.execute()
 
     async def live_hosts(self, max_age_s: float = 1.0) -> frozenset[str]:
-        """The hub processes whose lease holds (every process renews every partition; partition 0 tells)."""
+        """The hub processes whose lease holds (every process renews every partition; partition 0 tells) and, with
+        `subscribed`, that still listen on their alive channel (a process killed a moment ago does not)."""
         at, hosts = self._live
         if time.monotonic() - at > max_age_s:
             raw = await self._redis.hgetall(self.keys.hosts(0))
@@ -322,6 +323,10 @@ class RedisSessionStore:
             gone = {h.removesuffix("|gone") for h in fields if h.endswith("|gone")}  # released (lease.lua)
             hosts = frozenset(h for h, seen in fields.items()
                               if "|" not in h and h not in gone and now - seen <= LEASE_TTL_MS)  # fmt: skip
+            others = sorted(hosts - {self.host})
+            if self.subscribed and others:
+                counts = await self._redis.pubsub_numsub(*(self.keys.alive_channel(h) for h in others))
+                hosts -= {h for h, (_, n) in zip(others, counts, strict=True) if n == 0}
             self._live = (time.monotonic(), hosts)
         return hosts
 

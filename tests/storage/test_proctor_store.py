@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from redis.asyncio import Redis
 
 from sessions.machine import Activate, Control, Finish, FinishReason, SaveAnswer, SavedAnswer, Status
@@ -210,10 +212,16 @@ async def test_a_process_killed_while_its_lease_holds_is_told_by_its_silent_aliv
         back = await a.open(SID, "u1", "10.0.0.1")  # back on hub-a: hub-b is alive (its lease), a second device too
         assert isinstance(back, Opened)
         assert [c.kind for c in back.stored.state.cheats] == [CheatKind.SECOND_DEVICE] * 2
+        assert await b.live_hosts(max_age_s=0) == {"hub-a", "hub-b"}
     finally:
         await alive.aclose()  # hub-a is killed: Redis drops its subscriptions with its connection
+    for _ in range(100):  # (as soon as it has read the close)
+        if (await redis.pubsub_numsub(store.keys.alive_channel("hub-a")))[0][1] == 0:
+            break
+        await asyncio.sleep(0.01)
     seen = int(await redis.hget(store.keys.hosts(partition_of(SID)), "hub-a") or 0)
-    assert seen and await b.live_hosts(max_age_s=0) == {"hub-a", "hub-b"}  # its lease still holds
+    assert seen and await a.live_hosts(max_age_s=0) == {"hub-a", "hub-b"}  # its lease still holds
+    assert await b.live_hosts(max_age_s=0) == {"hub-b"}  # but its channel is silent (the proctor sees it offline)
     again = await b.open(SID, "u1", "10.0.0.2")
     assert isinstance(again, Opened)
     assert [c.kind for c in again.stored.state.cheats] == [CheatKind.SECOND_DEVICE] * 2  # no new one
