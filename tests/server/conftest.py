@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,6 +19,7 @@ from server.services import SERVICES, Services
 from server.settings import Settings
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Student:
@@ -135,6 +141,32 @@ def bearer(token: str) -> dict[str, str]:
 
 
 # ---- a hub in its own process (tests of `examhub serve` killed and restarted) -------------------------------------
+
+
+def serve_process(database_url: str, prefix: str, data_dir: Path, port: int, log: Path,
+                  *args: str) -> subprocess.Popen[bytes]:  # fmt: skip
+    """`examhub serve [args]` on real PostgreSQL and Redis, its output (stdout and stderr) in `log`."""
+    from tests.conftest import REDIS_URL
+
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "EXAMHUB_REDIS_PREFIX": prefix,
+           "EXAMHUB_SECRET": "s" * 48, "EXAMHUB_REDIS_DURABILITY": "warn", "EXAMHUB_DATA_DIR": str(data_dir),
+           "EXAMHUB_PORT": str(port)}  # fmt: skip
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "server.cli", "serve", *args], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+
+
+async def logged(log: Path, text: str, within_s: float = 60.0) -> None:
+    """Until `text` is in the file `log`."""
+    for _ in range(int(within_s / 0.05)):
+        if text in text_of(log):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{text!r} not in {log.name}:\n{text_of(log)[-3000:]}")
+
+
+def text_of(log: Path) -> str:
+    return log.read_text(errors="replace")
 
 
 async def quick_template_id(database_url: str) -> int:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -18,8 +18,7 @@ from redis.asyncio import Redis
 from server import succession
 from storage.embedded import free_port
 from tests.conftest import REDIS_URL
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.server.conftest import ROOT, logged, serve_process, text_of
 
 HOLD = """
 import sys, time
@@ -99,16 +98,6 @@ def test_a_data_directory_that_cannot_hold_the_file_raises(tmp_path: Path) -> No
         succession.take(blocked, 8080)
 
 
-def _serve(database_url: str, prefix: str, data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """One `examhub serve`, as Docker or systemd would run it: no parent of its own to see it die."""
-    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "EXAMHUB_REDIS_PREFIX": prefix,
-           "EXAMHUB_SECRET": "s" * 48, "EXAMHUB_REDIS_DURABILITY": "warn", "EXAMHUB_DATA_DIR": str(data_dir),
-           "EXAMHUB_PORT": str(port)}  # fmt: skip
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)  # fmt: skip
-
-
 async def _back_within_the_lease(http: aiohttp.ClientSession, url: str, redis: Redis, seen: int) -> None:
     """The student connects again, and finds their answer, before the dead process' lease (renewed at `seen`) ran
     out: otherwise the lease alone would have told, and the test would show nothing."""
@@ -121,16 +110,22 @@ async def _back_within_the_lease(http: aiohttp.ClientSession, url: str, redis: R
     assert int(seconds) * 1000 - seen < LEASE_TTL_MS, "back too late to tell: the lease ran out anyway"
 
 
-def _text(log: Path) -> str:
-    return log.read_text(errors="replace")
-
-
-async def _logged(log: Path, text: str, within_s: float = 60.0) -> None:
-    for _ in range(int(within_s / 0.05)):
-        if text in _text(log):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{text!r} not in {log.name}:\n{_text(log)[-3000:]}")
+def test_a_data_folder_that_cannot_hold_the_place_is_logged_and_the_hub_serves(own_database_url: str, prefix: str,
+                                                                               tmp_path: Path) -> None:  # fmt: skip
+    """A data folder the hub cannot write (here a file): its successor will not know of it, which is said once in
+    the log; the hub serves all the same (the lease still runs out by itself)."""
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file")
+    port = free_port()
+    hub = serve_process(own_database_url, prefix, blocked, port, tmp_path / "hub.log")
+    try:
+        asyncio.run(logged(tmp_path / "hub.log", "examhub: serving on"))
+        assert f"no place in {blocked}" in text_of(tmp_path / "hub.log")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        hub.send_signal(signal.SIGTERM)
+        assert hub.wait(30) == 0, text_of(tmp_path / "hub.log")
 
 
 def test_a_killed_hub_restarted_on_its_port_ends_its_own_lease(own_database_url: str, prefix: str,
@@ -150,10 +145,10 @@ async def _kill_and_restart(database_url: str, prefix: str, tmp_path: Path) -> N
     base = f"http://127.0.0.1:{port}"
     tid = await quick_template_id(database_url)
     redis = Redis.from_url(REDIS_URL, decode_responses=True)
-    first = _serve(database_url, prefix, data, port, tmp_path / "first.log")
+    first = serve_process(database_url, prefix, data, port, tmp_path / "first.log")
     second: subprocess.Popen[bytes] | None = None
     try:
-        await _logged(tmp_path / "first.log", "examhub: serving on")
+        await logged(tmp_path / "first.log", "examhub: serving on")
         async with aiohttp.ClientSession() as http:
             sid, url = await start_live(http, base, tid)
             k, hosts = Keys(prefix).session(sid), Keys(prefix).hosts(partition_of(sid))
@@ -161,23 +156,23 @@ async def _kill_and_restart(database_url: str, prefix: str, tmp_path: Path) -> N
                 await first_answer_acked(ws)
                 host = await redis.hget(k.meta, "host")
                 assert host and int(host.rsplit("-", 2)[-2]) == first.pid
-                assert _text(data / f"hub-{port}-0.lease") == host
+                assert text_of(data / f"hub-{port}-0.lease") == host
 
                 first.send_signal(signal.SIGKILL)  # the student is still connected: nobody marks them offline
                 first.wait()
                 seen = int(await redis.hget(hosts, host) or 0)
                 assert seen and await redis.hget(hosts, f"{host}|gone") is None  # its lease still holds
 
-                second = _serve(database_url, prefix, data, port, tmp_path / "second.log")
-                await _logged(tmp_path / "second.log", "examhub: serving on")
-                assert f"ended the lease of {host}" in _text(tmp_path / "second.log")
+                second = serve_process(database_url, prefix, data, port, tmp_path / "second.log")
+                await logged(tmp_path / "second.log", "examhub: serving on")
+                assert f"ended the lease of {host}" in text_of(tmp_path / "second.log")
                 assert await redis.hget(hosts, f"{host}|gone") == str(seen)  # as of its last renewal
                 await _back_within_the_lease(http, url, redis, seen)
         events, ledger = await redis.lrange(k.ev, 0, -1), await redis.lrange(k.ledger, 0, -1)
         assert not [e for e in events if e.startswith("second_device")], events
         ((since, returned, gap, _),) = [tuple(int(x) for x in e.split("|")) for e in ledger]
         assert since == seen and gap == returned - seen > 0
-        assert _text(data / f"hub-{port}-0.lease") != host  # the new process' own id, for its successor
+        assert text_of(data / f"hub-{port}-0.lease") != host  # the new process' own id, for its successor
     finally:
         await redis.aclose()
         for proc in (first, second):
@@ -204,11 +199,11 @@ async def _kill_and_move(database_url: str, prefix: str, tmp_path: Path) -> None
     bases = [f"http://127.0.0.1:{p}" for p in ports]
     tid = await quick_template_id(database_url)
     redis = Redis.from_url(REDIS_URL, decode_responses=True)
-    procs = [_serve(database_url, prefix, tmp_path / f"data{i}", p, tmp_path / f"hub{i}.log")
+    procs = [serve_process(database_url, prefix, tmp_path / f"data{i}", p, tmp_path / f"hub{i}.log")
              for i, p in enumerate(ports)]  # fmt: skip
     try:
         for i in (0, 1):
-            await _logged(tmp_path / f"hub{i}.log", "examhub: serving on")
+            await logged(tmp_path / f"hub{i}.log", "examhub: serving on")
         async with aiohttp.ClientSession() as http:
             sid, url = await start_live(http, bases[0], tid)
             k, hosts = Keys(prefix).session(sid), Keys(prefix).hosts(partition_of(sid))

@@ -23,6 +23,8 @@ from loadtest.driver import worker_pids
 from server.workers import exit_status
 from storage.embedded import free_port
 from tests.conftest import REDIS_URL
+from tests.server.conftest import logged as logged_in
+from tests.server.conftest import serve_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -218,13 +220,7 @@ def test_a_worker_deaf_to_sigterm_is_killed_after_the_grace(
 def serve_two(database_url: str, prefix: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
     """`examhub serve --workers 2` on a free port, on real PostgreSQL and Redis, its output in supervisor.log."""
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "EXAMHUB_REDIS_PREFIX": prefix,
-           "EXAMHUB_SECRET": "w" * 48, "EXAMHUB_REDIS_DURABILITY": "warn", "EXAMHUB_DATA_DIR": str(tmp_path),
-           "EXAMHUB_PORT": str(port)}  # fmt: skip
-    with (tmp_path / "supervisor.log").open("wb") as log:
-        parent = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--workers", "2"], cwd=ROOT, env=env,
-                                  stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    return parent, port
+    return serve_process(database_url, prefix, tmp_path, port, tmp_path / "supervisor.log", "--workers", "2"), port
 
 
 def listening(pid: int, port: int) -> bool:
@@ -316,11 +312,7 @@ async def _kill_under_a_student(
     from tests.server.conftest import first_answer_acked, quick_template_id, start_live
 
     async def logged_async(text: str) -> None:
-        for _ in range(600):
-            if text in log_of(tmp_path):
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"{text!r} not in the log:\n{log_of(tmp_path)[-3000:]}")
+        await logged_in(tmp_path / "supervisor.log", text, 30)
 
     tid = await quick_template_id(database_url)
     redis = Redis.from_url(REDIS_URL, decode_responses=True)
