@@ -287,15 +287,17 @@ class RedisSessionStore:
 
     async def renew_lease(self) -> None:
         """This process is alive: renew its lease in every partition (one pipelined script call each)."""
-        calls = [self._writer.call(self._scripts.lease, [self.keys.hosts(p)], [self.host, LEASE_FORGET_MS, "renew"])
-                 for p in range(PARTITIONS)]  # fmt: skip
-        await asyncio.gather(*calls)
+        await self._lease_everywhere(self.host, "renew")
 
     async def succeed(self, predecessor: str) -> None:
         """This process has taken the place of hub process `predecessor`, which has ended at some time since its last
         renewal (server/succession.py): its lease ends as of then, in every partition (lease.lua, 'succeeded'), so that
         its students' next connections count as dropped since its last sign of life, not as second devices."""
-        args: list[str | int] = [predecessor, LEASE_FORGET_MS, "succeeded"]
+        await self._lease_everywhere(predecessor, "succeeded")
+
+    async def _lease_everywhere(self, host: str, op: str) -> None:
+        """lease.lua for `host` in every partition, through the writer (one pipeline)."""
+        args: list[str | int] = [host, LEASE_FORGET_MS, op]
         lease = self._scripts.lease
         await asyncio.gather(*(self._writer.call(lease, [self.keys.hosts(p)], args) for p in range(PARTITIONS)))
 
