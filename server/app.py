@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -19,8 +20,8 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from server import alive, routes
 from server import api as api_edge
-from server import routes
 from server.auth import Auth, TokenError
 from server.closecodes import Close
 from server.hub import Hub, student_ws
@@ -75,6 +76,12 @@ def _on_node(url: str, host: str, port: int) -> str:
     return urlunsplit(parts._replace(netloc=f"{credentials}{at}{where}"))
 
 
+def plain_on_node(settings: Settings, host: str, port: int) -> Redis:
+    """A plain client (decoded replies) of one node of the Redis Cluster at settings.redis_url."""
+    assert settings.redis_url is not None
+    return _plain(_on_node(settings.redis_url, host, port), settings, decode=True)
+
+
 @contextlib.asynccontextmanager
 async def subscriber(settings: Settings, redis: AnyRedis) -> AsyncIterator[PubSub]:
     """A pub/sub connection of its own (subscribe confirmations not reported), closed on exit.
@@ -87,10 +94,9 @@ async def subscriber(settings: Settings, redis: AnyRedis) -> AsyncIterator[PubSu
         async with redis.pubsub(ignore_subscribe_messages=True) as ps:
             yield ps
         return
-    assert settings.redis_url is not None
     await redis.initialize()  # a no-op once the client knows the cluster's nodes
     node = random.choice(redis.get_primaries())
-    client = _plain(_on_node(settings.redis_url, node.host, int(node.port)), settings, decode=True)
+    client = plain_on_node(settings, node.host, int(node.port))
     try:
         async with client.pubsub(ignore_subscribe_messages=True) as ps:
             yield ps
@@ -133,8 +139,8 @@ async def open_services(settings: Settings) -> Services:
         await writer.start()
         # this process' name: its flusher's consumer name and its lease (storage/lua/lease.lua)
         consumer = f"{socket.gethostname()}-{os.getpid()}-{id(writer) & 0xFFFF:04x}"
-        store = RedisSessionStore(redis, writer, scripts, keys, settings.created_ttl_s, host=consumer,
-                                  subscribed=not settings.redis_cluster)  # fmt: skip
+        # subscribed: every hub process listens on its alive channel(s) (listen_control; on a cluster, server/alive.py)
+        store = RedisSessionStore(redis, writer, scripts, keys, settings.created_ttl_s, host=consumer, subscribed=True)
         await store.renew_lease()  # alive before the first connection can name this process
         catalog = Catalog(pool)
         sweeper = Sweeper(redis, store, settings.sweep_interval_s)
@@ -244,8 +250,14 @@ def create_app(settings: Settings) -> web.Application:
                 services.background((services.flusher.lane(n) if n else services.flusher).run())
             services.background(services.sweeper.run())
         services.background(listen_control(services))
+        subscribed = [services.listening.wait()]
+        if isinstance(services.redis, RedisCluster):  # the alive channels are sharded there: one per partition
+            store = services.store
+            connect = functools.partial(plain_on_node, settings)
+            services.background(alive.hold_shards(services.redis, connect, store.keys, store.host, services.alive))
+            subscribed.append(services.alive.wait())
         try:  # subscribed before the first student can name this process: until then it reads as dead (open.lua)
-            await asyncio.wait_for(services.listening.wait(), SUBSCRIBE_WAIT_S)
+            await asyncio.wait_for(asyncio.gather(*subscribed), SUBSCRIBE_WAIT_S)
         except TimeoutError:
             log.warning("not subscribed to Redis within %s s: serving anyway", SUBSCRIBE_WAIT_S)
         services.background(_renew_lease(services))

@@ -323,7 +323,7 @@ async def listen_control(services: Services) -> None:
 
     keys = services.store.keys
     channels = [keys.fence_channel, keys.broadcast_channel, *(keys.control_channel(p) for p in range(PARTITIONS))]
-    if services.store.host:  # "alive": nothing is published there; open.lua counts its subscribers
+    if services.store.host and not services.store.sharded:  # "alive": never published to; open.lua counts listeners
         channels.append(keys.alive_channel(services.store.host))
     hub = services.hub
     while True:

@@ -52,6 +52,8 @@ class Services:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     # set once listen_control has subscribed: from then on this process reads as alive (Keys.alive_channel)
     listening: asyncio.Event = field(default_factory=asyncio.Event)
+    # on a Redis Cluster, set once the sharded alive channels are held (server/alive.py)
+    alive: asyncio.Event = field(default_factory=asyncio.Event)
     rooms: Rooms = field(init=False)  # set right after construction: it needs the services itself
 
     def background(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:

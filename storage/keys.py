@@ -26,6 +26,10 @@ Key                          Type    Owner and lifetime
 <prefix>:alive:<host>        channel pub/sub, never published to: each hub process subscribes to its own while it lives
                                      (server/proctor.py, listen_control); open.lua counts its subscribers
                                      (PUBSUB NUMSUB) to tell a process killed a moment ago from a live one.
+<prefix>:{pNN}:alive:<host>  channel the same on a Redis Cluster, as sharded pub/sub: a node counts only its own
+                                     subscribers, so each process subscribes (SSUBSCRIBE) to one per partition, on
+                                     the node of the partition's slot (server/alive.py), and open.lua counts them
+                                     there (PUBSUB SHARDNUMSUB).
 <prefix>:{pNN}:ctl           channel pub/sub: "<sid> <json>" a proctor changed the session (every hub process
                                      listens to all partitions and acts for the sessions it holds).
 <prefix>:bcast               channel pub/sub: {"template": id, "text": ...} a proctor's message to a whole room.
@@ -102,6 +106,12 @@ class Keys:
 
     def alive_channel(self, host: str) -> str:
         return f"{self.alive_prefix}{host}"
+
+    def alive_shard_prefix(self, partition: int) -> str:
+        return f"{self._part(partition)}:alive:"
+
+    def alive_shard_channel(self, partition: int, host: str) -> str:
+        return f"{self.alive_shard_prefix(partition)}{host}"
 
     @property
     def broadcast_channel(self) -> str:

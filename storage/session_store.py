@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 import orjson
+from redis.asyncio.cluster import RedisCluster
 
 from sessions import irt
 from sessions.machine import (
@@ -279,15 +280,18 @@ class RedisSessionStore:
         self.keys = keys
         self._created_ttl_s = created_ttl_s
         self.host = host  # this process' id for leases ('' : no lease tracking, as in storage-only tests)
-        # every hub process on this Redis keeps a subscription to its alive channel (Keys.alive_channel) while it lives,
-        # so that open.lua can tell a process killed a moment ago from a live one; not on a Redis Cluster, where a
-        # node counts only its own subscribers
+        # every hub process keeps a subscription to its alive channel while it lives, so that open.lua can tell a
+        # process killed a moment ago from a live one: on a single Redis one channel (Keys.alive_channel); on a Redis
+        # Cluster, where a node counts only its own subscribers, a sharded one per partition (Keys.alive_shard_channel,
+        # server/alive.py)
         self.subscribed = subscribed
+        self.sharded = isinstance(redis, RedisCluster)
         self._live: tuple[float, frozenset[str]] = (0.0, frozenset())
 
     async def renew_lease(self) -> None:
-        """This process is alive: renew its lease in every partition (one pipelined script call each)."""
-        await self._lease_everywhere(self.host, "renew")
+        """This process is alive: renew its lease in every partition (one pipelined script call each), saying
+        whether it listens on its alive channel."""
+        await self._lease_everywhere(self.host, "renew", "1" if self.subscribed else "")
 
     async def succeed(self, predecessor: str) -> None:
         """This process has taken the place of hub process `predecessor`, which has ended at some time since its last
@@ -295,9 +299,9 @@ class RedisSessionStore:
         its students' next connections count as dropped since its last sign of life, not as second devices."""
         await self._lease_everywhere(predecessor, "succeeded")
 
-    async def _lease_everywhere(self, host: str, op: str) -> None:
+    async def _lease_everywhere(self, host: str, op: str, listens: str = "") -> None:
         """lease.lua for `host` in every partition, through the writer (one pipeline)."""
-        args: list[str | int] = [host, LEASE_FORGET_MS, op]
+        args: list[str | int] = [host, LEASE_FORGET_MS, op, listens]
         lease = self._scripts.lease
         await asyncio.gather(*(self._writer.call(lease, [self.keys.hosts(p)], args) for p in range(PARTITIONS)))
 
@@ -315,22 +319,33 @@ class RedisSessionStore:
 
     async def live_hosts(self, max_age_s: float = 1.0) -> frozenset[str]:
         """The hub processes whose lease holds (every process renews every partition; partition 0 tells) and, with
-        `subscribed`, that still listen on their alive channel (a process killed a moment ago does not)."""
+        `subscribed`, that still listen on their alive channel when they say they do (a process killed a moment ago
+        does not; one of an earlier version has none)."""
         at, hosts = self._live
         if time.monotonic() - at > max_age_s:
-            raw = await self._redis.hgetall(self.keys.hosts(0))
+            hosts_key = self.keys.hosts(0)
+            raw = await self._redis.hgetall(hosts_key)
             seconds, micros = await self._redis.time()  # leases are on Redis' clock
             now = int(seconds) * 1000 + int(micros) // 1000
             fields = {str(h): int(seen) for h, seen in raw.items()}
             gone = {h.removesuffix("|gone") for h in fields if h.endswith("|gone")}  # released (lease.lua)
             hosts = frozenset(h for h, seen in fields.items()
                               if "|" not in h and h not in gone and now - seen <= LEASE_TTL_MS)  # fmt: skip
-            others = sorted(hosts - {self.host})
+            others = sorted(h for h in hosts - {self.host} if f"{h}|listens" in fields)
             if self.subscribed and others:
-                counts = await self._redis.pubsub_numsub(*(self.keys.alive_channel(h) for h in others))
-                hosts -= {h for h, (_, n) in zip(others, counts, strict=True) if n == 0}
+                hosts -= await self._silent(others, hosts_key)
             self._live = (time.monotonic(), hosts)
         return hosts
+
+    async def _silent(self, hosts: list[str], hosts_key: str) -> set[str]:
+        """The hosts with no subscriber on their alive channel (on a cluster, partition 0's, on that slot's node)."""
+        if isinstance(self._redis, RedisCluster):
+            node = self._redis.get_node_from_key(hosts_key)
+            channels = [self.keys.alive_shard_channel(0, h) for h in hosts]
+            counts = await self._redis.pubsub_shardnumsub(*channels, target_nodes=node)
+        else:
+            counts = await self._redis.pubsub_numsub(*(self.keys.alive_channel(h) for h in hosts))
+        return {h for h, (_, n) in zip(hosts, counts, strict=True) if n == 0}
 
     @property
     def scripts(self) -> Scripts:
@@ -379,8 +394,12 @@ class RedisSessionStore:
         Returns Outcome.NO_SESSION or Outcome.FORBIDDEN (not the owner; nothing changed) otherwise."""
         k = self.keys.session(sid)
         keys = [k.meta, k.ans, k.ev, k.due, k.ledger, self.keys.hosts(partition_of(sid))]
-        alive = self.keys.alive_prefix if self.subscribed else ""
-        args: list[str | int] = [user_id, ip, self.host, LEASE_TTL_MS, self.keys.fence_channel, alive]
+        alive, count = "", ""
+        if self.subscribed:
+            shard = self.sharded
+            alive = self.keys.alive_shard_prefix(partition_of(sid)) if shard else self.keys.alive_prefix
+            count = "SHARDNUMSUB" if shard else "NUMSUB"
+        args: list[str | int] = [user_id, ip, self.host, LEASE_TTL_MS, self.keys.fence_channel, alive, count]
         raw = await self._writer.call(self._scripts.open, keys, args)
         if raw[0] != "OK":
             return Outcome(raw[0])

@@ -8,9 +8,12 @@
 -- on the same port took its place: server/succession.py): '<host>|gone' gets the time of that last renewal, the last
 -- sign of life, as an expired lease gives (open.lua); nothing is written for a host with no lease left, nor over a
 -- release (the parent of `serve --workers` saw the end itself: its time is the better one).
+-- A renewal with ARGV[4] '1' also says that the process listens on its alive channel (open.lua): a field
+-- '<host>|listens', renewed with the lease. A process of an earlier version, which has no such channel, never writes
+-- it, and open.lua then does not take the silence of its channel for its death (a rolling upgrade).
 -- KEYS[1] the partition's hosts hash
 -- ARGV[1] the process' host id, ARGV[2] forget a host after this many ms of silence,
--- ARGV[3] 'renew' | 'release' | 'succeeded'
+-- ARGV[3] 'renew' | 'release' | 'succeeded', ARGV[4] (renew) '1' when the process listens on its alive channel
 -- Returns now_ms.
 local now = now_ms()
 if ARGV[3] == 'release' then
@@ -21,6 +24,7 @@ elseif ARGV[3] == 'succeeded' then
 else
   redis.call('HSET', KEYS[1], ARGV[1], now)
   redis.call('HDEL', KEYS[1], ARGV[1] .. '|gone')  -- a process that renews is alive (were its id ever reused)
+  if ARGV[4] == '1' then redis.call('HSET', KEYS[1], ARGV[1] .. '|listens', now) end
 end
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do

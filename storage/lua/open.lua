@@ -8,7 +8,10 @@
 --         of this session closes it (published here, not by the hub: one command less per connection)
 -- ARGV[6] the alive channels' prefix ('' : not used): every hub process subscribes to '<prefix><its id>' while it
 --         lives, so a holder whose lease still holds but whose channel has no subscriber was killed a moment ago
---         (its socket to Redis closed with it); '' on a Redis Cluster, where a node counts only its own subscribers
+--         (its socket to Redis closed with it). Only a holder that says it listens (lease.lua, '<id>|listens'): one of
+--         an earlier version has no channel. On a Redis Cluster the channel is sharded, in this session's partition's
+--         slot: a node counts only its own subscribers, and this script runs on the node of that slot.
+-- ARGV[7] how to count them: 'NUMSUB' (classic channels, a single Redis) or 'SHARDNUMSUB' (sharded, a Redis Cluster)
 -- Returns {'OK', now_ms, epoch, meta (flat field/value list), answers (flat), events (list)}
 --      or {'NO_SESSION'} or {'FORBIDDEN'} (nothing is changed then).
 local meta, ans, ev, due, ledger, hosts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -22,7 +25,7 @@ local m = redis.call('HMGET', meta, 'status', 'offline_since_ms', 'deadline_ms',
 local status, since = m[1], tonumber(m[2])
 local online = m[9] == '1'
 if online and ARGV[3] ~= '' and m[10] then
-  local lease = redis.call('HMGET', hosts, m[10], m[10] .. '|gone')
+  local lease = redis.call('HMGET', hosts, m[10], m[10] .. '|gone', m[10] .. '|listens')
   local seen, gone = tonumber(lease[1]), tonumber(lease[2])
   if gone then
     -- the process that held the connection has ended, and its parent said so when it saw it (lease.lua, release),
@@ -34,8 +37,8 @@ if online and ARGV[3] ~= '' and m[10] then
     -- student has been offline since its last sign of life; not a second device
     online = false
     since = since or seen or now
-  elseif (ARGV[6] or '') ~= '' and m[10] ~= ARGV[3]
-      and redis.call('PUBSUB', 'NUMSUB', ARGV[6] .. m[10])[2] == 0 then
+  elseif lease[3] and (ARGV[6] or '') ~= '' and m[10] ~= ARGV[3]
+      and redis.call('PUBSUB', ARGV[7], ARGV[6] .. m[10])[2] == 0 then
     -- another process, whose lease holds, but nothing listens on its alive channel: killed within the lease's
     -- last seconds, before anyone could say so; as above
     online = false

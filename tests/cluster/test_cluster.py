@@ -11,6 +11,7 @@ import time
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from server import alive
 from server.app import subscriber
 from server.settings import Settings
 from sessions.machine import Activate, Finish, FinishReason, SaveAnswer, SavedAnswer
@@ -18,10 +19,11 @@ from sessions.paper import draw_paper
 from storage import pg
 from storage.catalog import Catalog
 from storage.durability import redis_problems
-from storage.keys import PARTITIONS, partition_of
+from storage.keys import PARTITIONS, Keys, partition_of
 from storage.session_store import Opened, Outcome, RedisSessionStore
 from storage.sweeper import Sweeper
 from storage.writer import CoalescingWriter
+from tests.cluster.conftest import MASTERS
 from tests.conftest import template_id
 from tests.storage.conftest import make_flusher
 from tests.storage.test_flusher import counts, outbox_total
@@ -143,3 +145,63 @@ async def test_one_subscriber_hears_every_channel_whichever_master_publishes(
     assert sorted(got) == sorted(channels)
     assert got[keys.fence_channel] == [f"{'f' * 32} 7"] and got[keys.room_feed(2)] == ["1|{}"]
     assert all(len(v) == 1 for v in got.values())
+
+
+async def _alive_counts(redis: RedisCluster, keys: Keys, host: str) -> list[int]:
+    """Subscribers of `host`'s sharded alive channel in each partition, on the node of that partition's slot."""
+    await redis.initialize()  # (the slots: a no-op once known)
+    counts: list[int] = []
+    for p in range(PARTITIONS):
+        channel = keys.alive_shard_channel(p, host)
+        ((_, n),) = await redis.pubsub_shardnumsub(channel, target_nodes=redis.get_node_from_key(channel))
+        counts.append(int(n))
+    return counts
+
+
+async def test_the_alive_channels_are_held_on_every_partitions_node_and_again_after_a_drop(
+    redis: RedisCluster, prefix: str
+) -> None:
+    """server/alive.py: one sharded channel per partition, each counted by the node of its slot (where open.lua runs
+    for that partition's sessions); a node that drops the subscriber's connection (a restart, a failover; CLIENT KILL
+    here) leaves the process reading as dead only until it has subscribed again."""
+    keys = Keys(prefix)
+    held = asyncio.Event()
+    task = asyncio.create_task(alive.hold_shards(redis, lambda h, p: Redis(host=h, port=p, decode_responses=True),
+                                                 keys, "hub-x", held))  # fmt: skip
+    try:
+        await asyncio.wait_for(held.wait(), 10)
+        assert await _alive_counts(redis, keys, "hub-x") == [1] * PARTITIONS
+        assert await _alive_counts(redis, keys, "hub-y") == [0] * PARTITIONS
+        killed = await redis.execute_command("CLIENT KILL", "TYPE", "pubsub", target_nodes=RedisCluster.PRIMARIES)
+        assert sum(killed.values()) >= MASTERS, killed  # a subscriber connection on each master
+        for _ in range(100):
+            if await _alive_counts(redis, keys, "hub-x") == [1] * PARTITIONS:
+                break
+            await asyncio.sleep(0.1)
+        assert await _alive_counts(redis, keys, "hub-x") == [1] * PARTITIONS
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert await _alive_counts(redis, keys, "hub-x") == [0] * PARTITIONS  # the task ended: its connections closed
+
+
+async def test_a_subscription_the_node_ends_is_noticed(cluster_url: str, redis: RedisCluster, prefix: str) -> None:
+    """A slot that moves to another node ends its shard channels' subscriptions there (the node sends sunsubscribe):
+    the watcher returns, and hold_shards subscribes again on the nodes the cluster names then. Here the subscriber
+    unsubscribes one channel itself, which delivers the same message."""
+    channel = Keys(prefix).alive_shard_channel(0, "hub-x")
+    await redis.initialize()
+    node = redis.get_node_from_key(channel)
+    assert node is not None
+    client = Redis(host=node.host, port=int(node.port), decode_responses=True)
+    ps = client.pubsub(ignore_subscribe_messages=False)
+    try:
+        await ps.ssubscribe(channel)
+        watching = asyncio.create_task(alive._until_one_ends([ps]))
+        await asyncio.sleep(0.2)
+        assert not watching.done()  # the confirmation of the subscription is not an end
+        await ps.sunsubscribe(channel)
+        await asyncio.wait_for(watching, 5)
+    finally:
+        await ps.aclose()
+        await client.aclose()

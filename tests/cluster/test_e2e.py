@@ -364,3 +364,14 @@ async def test_proctoring_across_processes_and_masters(
     await moved.close()
     for ws, _ in students:
         await ws.close()
+
+
+def test_a_killed_hubs_student_back_on_another_hub_at_once_is_a_drop_on_the_cluster(
+    cluster_url: str, own_database_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """tests/server/test_succession.py's two hubs behind a load balancer, on the cluster: the killed hub's sharded alive
+    channel, on the node of the student's partition, has no subscriber any more (server/alive.py), so the student,
+    straight back on the other hub, is a drop since the dead hub's last renewal, not a second device."""
+    from tests.server.test_succession import kill_and_move
+
+    asyncio.run(kill_and_move(own_database_url, prefix, tmp_path, cluster_url=cluster_url))

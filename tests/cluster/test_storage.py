@@ -40,6 +40,8 @@ from tests.storage.test_flusher import (  # noqa: F401
 )
 from tests.storage.test_proctor_store import (  # noqa: F401
     test_a_killed_process_connections_count_as_dropped_not_as_a_second_device,
+    test_a_process_killed_while_its_lease_holds_is_told_by_its_silent_alive_channel,
+    test_a_process_of_an_earlier_version_is_not_taken_for_dead_by_its_silence,
     test_a_process_whose_lease_was_released_counts_as_gone_at_once,
     test_a_released_lease_is_forgotten_after_an_hour,
     test_a_renewal_clears_a_release_of_the_same_id,

@@ -143,14 +143,16 @@ def bearer(token: str) -> dict[str, str]:
 # ---- a hub in its own process (tests of `examhub serve` killed and restarted) -------------------------------------
 
 
-def serve_process(database_url: str, prefix: str, data_dir: Path, port: int, log: Path,
-                  *args: str) -> subprocess.Popen[bytes]:  # fmt: skip
-    """`examhub serve [args]` on real PostgreSQL and Redis, its output (stdout and stderr) in `log`."""
+def serve_process(database_url: str, prefix: str, data_dir: Path, port: int, log: Path, *args: str,
+                  cluster_url: str | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
+    """`examhub serve [args]` on real PostgreSQL and Redis (with `cluster_url`, that Redis Cluster), its output
+    (stdout and stderr) in `log`."""
     from tests.conftest import REDIS_URL
 
-    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "EXAMHUB_REDIS_PREFIX": prefix,
-           "EXAMHUB_SECRET": "s" * 48, "EXAMHUB_REDIS_DURABILITY": "warn", "EXAMHUB_DATA_DIR": str(data_dir),
-           "EXAMHUB_PORT": str(port)}  # fmt: skip
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": cluster_url or REDIS_URL,
+           "EXAMHUB_REDIS_PREFIX": prefix, "EXAMHUB_SECRET": "s" * 48, "EXAMHUB_REDIS_DURABILITY": "warn",
+           "EXAMHUB_DATA_DIR": str(data_dir), "EXAMHUB_PORT": str(port),
+           **({"EXAMHUB_REDIS_CLUSTER": "1"} if cluster_url else {})}  # fmt: skip
     with log.open("wb") as out:
         return subprocess.Popen([sys.executable, "-m", "server.cli", "serve", *args], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)  # fmt: skip

@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from server import succession
 from storage.embedded import free_port
@@ -98,7 +99,8 @@ def test_a_data_directory_that_cannot_hold_the_file_raises(tmp_path: Path) -> No
         succession.take(blocked, 8080)
 
 
-async def _back_within_the_lease(http: aiohttp.ClientSession, url: str, redis: Redis, seen: int) -> None:
+async def _back_within_the_lease(http: aiohttp.ClientSession, url: str, redis: Redis | RedisCluster,
+                                 seen: int) -> None:  # fmt: skip
     """The student connects again, and finds their answer, before the dead process' lease (renewed at `seen`) ran
     out: otherwise the lease alone would have told, and the test would show nothing."""
     from storage.session_store import LEASE_TTL_MS
@@ -188,19 +190,21 @@ def test_a_killed_hubs_student_back_on_another_hub_at_once_is_a_drop(own_databas
     process' alive channel has no subscriber any more (Redis dropped it with the process' connection), so the
     student is a drop since that process' last renewal, not a second device. And while both live, a second
     connection on the other hub is one."""
-    asyncio.run(_kill_and_move(own_database_url, prefix, tmp_path))
+    asyncio.run(kill_and_move(own_database_url, prefix, tmp_path))
 
 
-async def _kill_and_move(database_url: str, prefix: str, tmp_path: Path) -> None:
+async def kill_and_move(database_url: str, prefix: str, tmp_path: Path, cluster_url: str | None = None) -> None:
+    """The test above; with `cluster_url`, on that Redis Cluster (tests/cluster/test_e2e.py)."""
     from storage.keys import Keys, partition_of
     from tests.server.conftest import first_answer_acked, quick_template_id, start_live
 
     ports = free_port(), free_port()
     bases = [f"http://127.0.0.1:{p}" for p in ports]
     tid = await quick_template_id(database_url)
-    redis = Redis.from_url(REDIS_URL, decode_responses=True)
-    procs = [serve_process(database_url, prefix, tmp_path / f"data{i}", p, tmp_path / f"hub{i}.log")
-             for i, p in enumerate(ports)]  # fmt: skip
+    redis: Redis | RedisCluster = (RedisCluster.from_url(cluster_url, decode_responses=True) if cluster_url
+                                   else Redis.from_url(REDIS_URL, decode_responses=True))  # fmt: skip
+    procs = [serve_process(database_url, prefix, tmp_path / f"data{i}", p, tmp_path / f"hub{i}.log",
+                           cluster_url=cluster_url) for i, p in enumerate(ports)]  # fmt: skip
     try:
         for i in (0, 1):
             await logged(tmp_path / f"hub{i}.log", "examhub: serving on")

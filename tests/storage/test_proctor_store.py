@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from sessions.machine import Activate, Control, Finish, FinishReason, SaveAnswer, SavedAnswer, Status
 from storage.session_store import Opened, Outcome, RedisSessionStore
@@ -136,9 +140,12 @@ def hub_store(store: RedisSessionStore, host: str, subscribed: bool = False) -> 
                              subscribed=subscribed)  # fmt: skip
 
 
-async def two_hubs_with_an_active_session(store: RedisSessionStore) -> tuple[RedisSessionStore, RedisSessionStore]:
-    """hub-a and hub-b, both with a live lease; the student's connection is on hub-a."""
-    a, b = hub_store(store, "hub-a"), hub_store(store, "hub-b")
+async def two_hubs_with_an_active_session(
+    store: RedisSessionStore, listening: bool = False
+) -> tuple[RedisSessionStore, RedisSessionStore]:
+    """hub-a and hub-b, both with a live lease; the student's connection is on hub-a. With `listening`, both say
+    they listen on their alive channels (lease.lua, '<id>|listens') and read the other's."""
+    a, b = hub_store(store, "hub-a", listening), hub_store(store, "hub-b", listening)
     await a.renew_lease()
     await b.renew_lease()
     await a.create(SID, "u1", template(), fresh().paper, 0)
@@ -191,44 +198,111 @@ async def test_a_takeover_from_a_live_process_is_still_a_second_device(store: Re
     assert after is not None and after.ledger == ()
 
 
+@contextlib.asynccontextmanager
+async def alive_channel_held(store: RedisSessionStore, host: str) -> AsyncIterator[None]:
+    """Hold hub process `host`'s alive channel as that process does while it lives: on a single Redis one classic
+    channel; on a Redis Cluster the sharded ones, one per partition, on their slots' nodes (server/alive.py). Leaving
+    the block closes the subscriptions, as a killed process' sockets close."""
+    from server import alive
+
+    redis = store._redis
+    if isinstance(redis, RedisCluster):
+        held = asyncio.Event()
+        connect = functools.partial(Redis, decode_responses=True)
+        task = asyncio.create_task(alive.hold_shards(redis, lambda h, p: connect(host=h, port=p), store.keys, host,
+                                                     held))  # fmt: skip
+        try:
+            await asyncio.wait_for(held.wait(), 10)
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    else:
+        ps = redis.pubsub()
+        await ps.subscribe(store.keys.alive_channel(host))
+        try:
+            yield
+        finally:
+            await ps.aclose()
+
+
+async def alive_listeners(store: RedisSessionStore, host: str, sid: str = SID) -> int:
+    """The subscribers of `host`'s alive channel as open.lua counts them for session `sid` (on a cluster: the sharded
+    channel of the session's partition, on that partition's node)."""
+    from storage.keys import partition_of
+
+    redis = store._redis
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()  # (the slots: a no-op once known)
+        channel = store.keys.alive_shard_channel(partition_of(sid), host)
+        counts = await redis.pubsub_shardnumsub(channel, target_nodes=redis.get_node_from_key(channel))
+    else:
+        counts = await redis.pubsub_numsub(store.keys.alive_channel(host))
+    return int(counts[0][1])
+
+
 async def test_a_process_killed_while_its_lease_holds_is_told_by_its_silent_alive_channel(
     store: RedisSessionStore, redis: Redis
 ) -> None:
     """Two hubs behind a load balancer: hub-a is killed and its student comes straight back on hub-b, well within
     hub-a's lease. While hub-a's subscription to its alive channel lived, a takeover was a second device; once the
     subscription is gone (its socket to Redis closed with the process), the student is a drop since hub-a's last
-    renewal."""
+    renewal. On a Redis Cluster too (collected again in tests/cluster/test_storage.py), with sharded channels."""
     from sessions.model import CheatKind
     from storage.keys import partition_of
 
-    a, _ = await two_hubs_with_an_active_session(store)
-    b = hub_store(store, "hub-b", subscribed=True)
-    alive = redis.pubsub()
-    await alive.subscribe(store.keys.alive_channel("hub-a"))  # hub-a lives
-    try:
-        second = await b.open(SID, "u1", "10.0.0.2")
-        assert isinstance(second, Opened)
-        assert [c.kind for c in second.stored.state.cheats] == [CheatKind.SECOND_DEVICE]
-        back = await a.open(SID, "u1", "10.0.0.1")  # back on hub-a: hub-b is alive (its lease), a second device too
-        assert isinstance(back, Opened)
-        assert [c.kind for c in back.stored.state.cheats] == [CheatKind.SECOND_DEVICE] * 2
-        assert await b.live_hosts(max_age_s=0) == {"hub-a", "hub-b"}
-    finally:
-        await alive.aclose()  # hub-a is killed: Redis drops its subscriptions with its connection
-    for _ in range(100):  # (as soon as it has read the close)
-        if (await redis.pubsub_numsub(store.keys.alive_channel("hub-a")))[0][1] == 0:
-            break
-        await asyncio.sleep(0.01)
-    seen = int(await redis.hget(store.keys.hosts(partition_of(SID)), "hub-a") or 0)
-    assert seen and await a.live_hosts(max_age_s=0) == {"hub-a", "hub-b"}  # its lease still holds
-    assert await b.live_hosts(max_age_s=0) == {"hub-b"}  # but its channel is silent (the proctor sees it offline)
-    again = await b.open(SID, "u1", "10.0.0.2")
-    assert isinstance(again, Opened)
-    assert [c.kind for c in again.stored.state.cheats] == [CheatKind.SECOND_DEVICE] * 2  # no new one
+    a, b = await two_hubs_with_an_active_session(store, listening=True)
+    async with alive_channel_held(store, "hub-b"):  # hub-b lives throughout
+        async with alive_channel_held(store, "hub-a"):  # hub-a lives
+            assert await alive_listeners(store, "hub-a") == 1
+            second = await b.open(SID, "u1", "10.0.0.2")
+            assert isinstance(second, Opened)
+            assert [c.kind for c in second.stored.state.cheats] == [CheatKind.SECOND_DEVICE]
+            back = await a.open(SID, "u1", "10.0.0.1")  # back on hub-a while hub-b lives: a second device too
+            assert isinstance(back, Opened)
+            assert [c.kind for c in back.stored.state.cheats] == [CheatKind.SECOND_DEVICE] * 2
+            assert await b.live_hosts(max_age_s=0) == {"hub-a", "hub-b"}
+        # hub-a is killed: Redis drops its subscriptions with its connections (as soon as it has read the close)
+        for _ in range(100):
+            if await alive_listeners(store, "hub-a") == 0:
+                break
+            await asyncio.sleep(0.01)
+        seen = int(await redis.hget(store.keys.hosts(partition_of(SID)), "hub-a") or 0)
+        assert seen and await a.live_hosts(max_age_s=0) == {"hub-a", "hub-b"}  # its lease still holds
+        assert await b.live_hosts(max_age_s=0) == {"hub-b"}  # but its channel is silent (the proctor sees it offline)
+        again = await b.open(SID, "u1", "10.0.0.2")
+        assert isinstance(again, Opened)
+        assert [c.kind for c in again.stored.state.cheats] == [CheatKind.SECOND_DEVICE] * 2  # no new one
     after = await b.load(SID)
     assert after is not None
     ((since, returned, gap, _),) = after.ledger  # the drop, from hub-a's last renewal
     assert since == seen and gap == returned - seen >= 0
+
+
+async def test_a_process_of_an_earlier_version_is_not_taken_for_dead_by_its_silence(
+    store: RedisSessionStore, redis: Redis
+) -> None:
+    """A rolling upgrade: hub-a runs an earlier version, which has no alive channel and does not say it listens on
+    one (no '<id>|listens' in its lease). A second connection on hub-b, while hub-a lives, stays a second device;
+    the proctor sees hub-a's students online."""
+    from sessions.model import CheatKind
+    from storage.keys import PARTITIONS
+
+    await two_hubs_with_an_active_session(store)  # hub-a renews as an earlier version would
+    b = hub_store(store, "hub-b", subscribed=True)  # hub-b is of this version
+    assert [await redis.hget(store.keys.hosts(p), "hub-a|listens") for p in range(PARTITIONS)] == [None] * PARTITIONS
+    assert await alive_listeners(store, "hub-a") == 0
+    assert await b.live_hosts(max_age_s=0) == {"hub-a", "hub-b"}
+    second = await b.open(SID, "u1", "10.0.0.2")
+    assert isinstance(second, Opened)
+    assert [c.kind for c in second.stored.state.cheats] == [CheatKind.SECOND_DEVICE]
+    after = await b.load(SID)
+    assert after is not None and after.ledger == ()
+
+    listening = hub_store(store, "hub-a", subscribed=True)
+    await listening.renew_lease()  # upgraded (the same id, for the test): from now on its silence tells
+    assert all([await redis.hget(store.keys.hosts(p), "hub-a|listens") for p in range(PARTITIONS)])
+    assert await b.live_hosts(max_age_s=0) == {"hub-b"}
 
 
 async def test_a_process_whose_lease_was_released_counts_as_gone_at_once(

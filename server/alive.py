@@ -1,0 +1,114 @@
+"""On a Redis Cluster: this hub process' sharded alive channels, held for its whole life.
+
+A student who comes back while the process that held their connection still has a valid lease is either on a second
+device or back from a process killed a moment ago. open.lua tells them apart by counting the subscribers of that
+process' alive channel: Redis drops a process' subscriptions when its socket closes, which the kernel does when the
+process dies. On a single Redis that channel is a classic one, held by listen_control's connection
+(server/proctor.py). On a Redis Cluster a node counts only the subscribers of its own slots' sharded channels, and
+open.lua runs on the node of the session's slot. So each process subscribes (SSUBSCRIBE, Redis 7) to one sharded
+channel per partition, `<prefix>:{pNN}:alive:<host>`, on the primary that owns the partition's slot: one connection
+per such primary.
+
+Nothing is ever published there. A slot that moves (resharding) or a primary that fails over ends the subscription
+(the node sends `sunsubscribe`, or the connection drops): every subscription is then made again, on the nodes the
+cluster names now. Meanwhile this process reads as dead to a student who comes back (a drop, not a second device).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
+
+from storage.keys import PARTITIONS, Keys
+
+log = logging.getLogger(__name__)
+
+RETRY_S = 0.5
+CONFIRM_S = 10.0
+
+
+async def hold_shards(
+    cluster: RedisCluster, connect: Callable[[str, int], Redis], keys: Keys, host: str, held: asyncio.Event
+) -> None:
+    """Subscribe to this process' sharded alive channels, set `held`, and subscribe again whenever a subscription
+    ends; runs until cancelled. `connect(host, port)`: a plain client of one node."""
+    channels = [keys.alive_shard_channel(p, host) for p in range(PARTITIONS)]
+    while True:
+        clients: list[Redis] = []
+        pubsubs: list[PubSub] = []
+        try:
+            await cluster.initialize()  # a no-op once the client knows the cluster's nodes
+            by_node: dict[tuple[str, int], list[str]] = defaultdict(list)
+            for channel in channels:
+                node = cluster.get_node_from_key(channel)
+                if node is None:
+                    raise ConnectionError(f"no node serves the slot of {channel}")
+                by_node[(node.host, int(node.port))].append(channel)
+            for (node_host, node_port), on_node in by_node.items():
+                client = connect(node_host, node_port)
+                clients.append(client)
+                ps = client.pubsub(ignore_subscribe_messages=False)
+                pubsubs.append(ps)
+                for channel in on_node:  # one command per channel: an SSUBSCRIBE's channels must share a slot
+                    await ps.ssubscribe(channel)
+            for ps, on_node in zip(pubsubs, by_node.values(), strict=True):
+                await _confirmed(ps, len(on_node))
+            held.set()
+            await _until_one_ends(pubsubs)
+            log.warning("alive channels: a subscription ended (a slot moved or a node failed over); subscribing again")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("alive channels: %s; subscribing again", exc)
+        finally:
+            for ps in pubsubs:
+                with contextlib.suppress(Exception):
+                    await ps.aclose()
+            for client in clients:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+        await asyncio.sleep(RETRY_S)
+        with contextlib.suppress(Exception):
+            await cluster.nodes_manager.initialize()  # the slots as the cluster sees them now
+
+
+async def _confirmed(ps: PubSub, n: int, within_s: float = CONFIRM_S) -> None:
+    """Until the node has confirmed `n` subscriptions on `ps` (redis-py sends SSUBSCRIBE without waiting for its reply;
+    an error reply raises here)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while n > 0:
+        left = deadline - loop.time()
+        if left <= 0:
+            raise TimeoutError(f"{n} subscriptions not confirmed within {within_s} s")
+        message = await ps.get_message(timeout=left)
+        if message is not None and str(message.get("type")) == "ssubscribe":
+            n -= 1
+
+
+async def _until_one_ends(pubsubs: list[PubSub]) -> None:
+    """Until one subscription ends: its node unsubscribed it (the slot moved), or the connection failed (raises)."""
+    watchers = [asyncio.create_task(_watch(ps)) for ps in pubsubs]
+    try:
+        done, _ = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()  # a connection error propagates
+    finally:
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+
+
+async def _watch(ps: PubSub) -> None:
+    message: Any
+    async for message in ps.listen():
+        if str(message.get("type")) == "sunsubscribe":
+            return
