@@ -18,7 +18,8 @@ Key                          Type    Owner and lifetime
                                      entry is deleted right after the commit that stored it.
 <prefix>:{pNN}:hosts         hash    hub process id -> its last lease renewal (ms, Redis clock), and "<id>|gone"
                                      -> when it ended, once its parent saw it exit (server/workers.py) or its
-                                     successor on its port took its place (server/succession.py); in every
+                                     successor on its port took its place (server/succession.py), and
+                                     "<id>|listens" -> its last renewal, when it listens on its alive channel; in every
                                      partition so that open.lua can read it in its own slot; owned by the hub
                                      processes: each renews its field every few seconds, and any renewal deletes
                                      fields silent for an hour (lease.lua).
