@@ -33,6 +33,31 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 0.5
 CONFIRM_S = 10.0
+SHARDED_SINCE = (7, 0)  # SSUBSCRIBE and PUBSUB SHARDNUMSUB came with Redis 7.0
+
+
+async def supported(cluster: RedisCluster) -> bool:
+    """Whether every primary of the cluster has sharded pub/sub. A process on an older cluster holds no alive channel
+    and does not say it listens (lease.lua): its students, were it killed, are left to its lease and its successor."""
+    infos: Any = await cluster.info("server", target_nodes=RedisCluster.PRIMARIES)
+    versions = [str(info.get("redis_version", "")) for info in infos.values()]
+    old = [v for v in versions if not has_sharded_pubsub(v)]
+    if old:
+        log.warning(
+            "Redis Cluster primaries of version %s have no sharded pub/sub: a hub process killed outright is told to "
+            "the others only by its lease (15 s) and its successor",
+            ", ".join(sorted(set(old))),
+        )
+    return not old
+
+
+def has_sharded_pubsub(version: str) -> bool:
+    """'7.0.15' -> True, '6.2.14' -> False (and False for what cannot be read)."""
+    try:
+        major, minor = (int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= SHARDED_SINCE
 
 
 async def hold_shards(

@@ -139,8 +139,11 @@ async def open_services(settings: Settings) -> Services:
         await writer.start()
         # this process' name: its flusher's consumer name and its lease (storage/lua/lease.lua)
         consumer = f"{socket.gethostname()}-{os.getpid()}-{id(writer) & 0xFFFF:04x}"
-        # subscribed: every hub process listens on its alive channel(s) (listen_control; on a cluster, server/alive.py)
-        store = RedisSessionStore(redis, writer, scripts, keys, settings.created_ttl_s, host=consumer, subscribed=True)
+        # subscribed: every hub process listens on its alive channel(s) (listen_control; on a cluster, server/alive.py,
+        # which needs Redis 7)
+        subscribed = not isinstance(redis, RedisCluster) or await alive.supported(redis)
+        store = RedisSessionStore(redis, writer, scripts, keys, settings.created_ttl_s, host=consumer,
+                                  subscribed=subscribed)  # fmt: skip
         await store.renew_lease()  # alive before the first connection can name this process
         catalog = Catalog(pool)
         sweeper = Sweeper(redis, store, settings.sweep_interval_s)
@@ -251,8 +254,8 @@ def create_app(settings: Settings) -> web.Application:
             services.background(services.sweeper.run())
         services.background(listen_control(services))
         subscribed = [services.listening.wait()]
-        if isinstance(services.redis, RedisCluster):  # the alive channels are sharded there: one per partition
-            store = services.store
+        store = services.store
+        if isinstance(services.redis, RedisCluster) and store.subscribed:  # sharded there: one per partition
             connect = functools.partial(plain_on_node, settings)
             services.background(alive.hold_shards(services.redis, connect, store.keys, store.host, services.alive))
             subscribed.append(services.alive.wait())

@@ -205,3 +205,9 @@ async def test_a_subscription_the_node_ends_is_noticed(cluster_url: str, redis: 
     finally:
         await ps.aclose()
         await client.aclose()
+
+
+async def test_sharded_pubsub_is_found_on_every_primary(redis: RedisCluster) -> None:
+    """The test cluster runs the machine's Redis 7: every primary has sharded pub/sub, so the hub holds the alive
+    channels there (server/app.py asks alive.supported at start)."""
+    assert await alive.supported(redis)
