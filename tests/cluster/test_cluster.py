@@ -27,6 +27,7 @@ from tests.cluster.conftest import MASTERS
 from tests.conftest import template_id
 from tests.storage.conftest import make_flusher
 from tests.storage.test_flusher import counts, outbox_total
+from tests.storage.test_proctor_store import shard_listeners
 
 
 def node_of(redis: RedisCluster, key: str) -> str:
@@ -149,13 +150,7 @@ async def test_one_subscriber_hears_every_channel_whichever_master_publishes(
 
 async def _alive_counts(redis: RedisCluster, keys: Keys, host: str) -> list[int]:
     """Subscribers of `host`'s sharded alive channel in each partition, on the node of that partition's slot."""
-    await redis.initialize()  # (the slots: a no-op once known)
-    counts: list[int] = []
-    for p in range(PARTITIONS):
-        channel = keys.alive_shard_channel(p, host)
-        ((_, n),) = await redis.pubsub_shardnumsub(channel, target_nodes=redis.get_node_from_key(channel))
-        counts.append(int(n))
-    return counts
+    return [await shard_listeners(redis, keys, p, host) for p in range(PARTITIONS)]
 
 
 async def test_the_alive_channels_are_held_on_every_partitions_node_and_again_after_a_drop(

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from sessions.machine import Activate, Control, Finish, FinishReason, SaveAnswer, SavedAnswer, Status
+from storage.keys import Keys
 from storage.session_store import Opened, Outcome, RedisSessionStore
 from tests.sessions.factories import fresh, template
 
@@ -233,12 +234,17 @@ async def alive_listeners(store: RedisSessionStore, host: str, sid: str = SID) -
 
     redis = store._redis
     if isinstance(redis, RedisCluster):
-        await redis.initialize()  # (the slots: a no-op once known)
-        channel = store.keys.alive_shard_channel(partition_of(sid), host)
-        counts = await redis.pubsub_shardnumsub(channel, target_nodes=redis.get_node_from_key(channel))
-    else:
-        counts = await redis.pubsub_numsub(store.keys.alive_channel(host))
+        return await shard_listeners(redis, store.keys, partition_of(sid), host)
+    counts = await redis.pubsub_numsub(store.keys.alive_channel(host))
     return int(counts[0][1])
+
+
+async def shard_listeners(redis: RedisCluster, keys: Keys, partition: int, host: str) -> int:
+    """The subscribers of `host`'s sharded alive channel in `partition`, counted by that partition's slot's node."""
+    await redis.initialize()  # (the slots: a no-op once known)
+    channel = keys.alive_shard_channel(partition, host)
+    ((_, n),) = await redis.pubsub_shardnumsub(channel, target_nodes=redis.get_node_from_key(channel))
+    return int(n)
 
 
 async def test_a_process_killed_while_its_lease_holds_is_told_by_its_silent_alive_channel(
