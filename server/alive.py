@@ -26,6 +26,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
 
 from storage.keys import PARTITIONS, Keys
 
@@ -39,7 +40,12 @@ SHARDED_SINCE = (7, 0)  # SSUBSCRIBE and PUBSUB SHARDNUMSUB came with Redis 7.0
 async def supported(cluster: RedisCluster) -> bool:
     """Whether every primary of the cluster has sharded pub/sub. A process on an older cluster holds no alive channel
     and does not say it listens (lease.lua): its students, were it killed, are left to its lease and its successor."""
-    infos: Any = await cluster.info("server", target_nodes=RedisCluster.PRIMARIES)
+    try:
+        infos: Any = await cluster.info("server", target_nodes=RedisCluster.PRIMARIES)
+    except ResponseError as exc:  # INFO refused (an ACL, a managed service): not knowing, assume none
+        log.warning("cannot read the Redis Cluster's versions (%s): no sharded alive channels; a hub process killed "
+                    "outright is told to the others only by its lease (15 s) and its successor", exc)  # fmt: skip
+        return False
     versions = [str(info.get("redis_version", "")) for info in infos.values()]
     old = [v for v in versions if not has_sharded_pubsub(v)]
     if old:

@@ -210,3 +210,20 @@ async def test_sharded_pubsub_is_found_on_every_primary(redis: RedisCluster) -> 
     """The test cluster runs the machine's Redis 7: every primary has sharded pub/sub, so the hub holds the alive
     channels there (server/app.py asks alive.supported at start)."""
     assert await alive.supported(redis)
+
+
+async def test_a_cluster_that_refuses_info_is_taken_for_one_without_sharded_pubsub(
+    redis: RedisCluster, cluster_url: str, prefix: str
+) -> None:
+    """A user whose ACL forbids INFO (as some managed services set it): the hub cannot tell the version, so it holds
+    no sharded alive channel and does not say it listens, rather than fail to start."""
+    user = f"{prefix}-noinfo"
+    await redis.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-info",
+                                target_nodes=RedisCluster.PRIMARIES)  # fmt: skip
+    limited = RedisCluster.from_url(cluster_url.replace("redis://", f"redis://{user}:pw@"), decode_responses=True)
+    try:
+        assert await limited.ping()  # the user works; only INFO is refused
+        assert await alive.supported(limited) is False
+    finally:
+        await limited.aclose()
+        await redis.execute_command("ACL", "DELUSER", user, target_nodes=RedisCluster.PRIMARIES)
