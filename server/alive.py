@@ -29,6 +29,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from storage.keys import PARTITIONS, Keys
+from storage.outage import Outage
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ async def hold_shards(
     """Subscribe to this process' sharded alive channels, set `held`, and subscribe again whenever a subscription
     ends; runs until cancelled. `connect(host, port)`: a plain client of one node."""
     channels = [keys.alive_shard_channel(p, host) for p in range(PARTITIONS)]
+    outage = Outage(log, "alive channels")
     while True:
         clients: list[Redis] = []
         pubsubs: list[PubSub] = []
@@ -93,12 +95,13 @@ async def hold_shards(
             for ps, on_node in zip(pubsubs, by_node.values(), strict=True):
                 await _confirmed(ps, len(on_node))
             held.set()
+            outage.recovered()
             await _until_one_ends(pubsubs)
-            log.warning("alive channels: a subscription ended (a slot moved or a node failed over); subscribing again")
+            outage.failed("a subscription ended (a slot moved or a node failed over); subscribing again")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("alive channels: %s; subscribing again", exc)
+            outage.failed("%s; subscribing again", exc)
         finally:
             for ps in pubsubs:
                 with contextlib.suppress(Exception):

@@ -111,7 +111,7 @@ def fail(status: int, code: str, message: str, headers: Mapping[str, str] | None
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        return await handler(request)
+        response = await handler(request)
     except ApiError:
         raise
     except web.HTTPException as exc:
@@ -121,11 +121,13 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
         raise ApiError(exc.status, code, exc.reason, headers) from None
     except (StorageUnavailable, RedisError, OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-        log.warning("storage unavailable in %s %s: %s", request.method, request.path, exc)
+        request.app[SERVICES].api_outage.failed("%s %s: %s", request.method, request.path, exc)
         raise ApiError(503, "unavailable", "storage is unavailable; try again", {"Retry-After": "1"}) from None
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         raise ApiError(500, "internal_error", "internal error") from None
+    request.app[SERVICES].api_outage.recovered()
+    return response
 
 
 def _first_error(exc: ValidationError, where: str) -> str:

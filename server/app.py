@@ -39,6 +39,7 @@ from storage.errors import StorageUnavailable, UnsafeRedisConfig
 from storage.flusher import Flusher, OnCommitted
 from storage.keys import Keys
 from storage.migrate import migrate
+from storage.outage import Outage
 from storage.ratelimit import Limit, RedisLimiter
 from storage.scripts import AnyRedis, Scripts
 from storage.session_store import LEASE_RENEW_S, RedisSessionStore
@@ -226,12 +227,15 @@ async def _renew_lease(services: Services) -> None:
     """Every LEASE_RENEW_S: this process is alive. A process that stops renewing (killed) is taken for dead after
     LEASE_TTL_MS, and its students' next connections are recorded as dropped ones (ledger, credit), not as second
     devices; the proctor sees them offline."""
+    outage = Outage(log, "lease", every_s=60.0)
     while True:
         await asyncio.sleep(LEASE_RENEW_S)
         try:
             await services.store.renew_lease()
         except (RedisError, OSError, StorageUnavailable) as exc:
-            log.warning("lease not renewed: %s", exc)
+            outage.failed("not renewed: %s", exc)
+        else:
+            outage.recovered()
 
 
 async def _healthz(request: web.Request) -> web.Response:

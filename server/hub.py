@@ -53,6 +53,7 @@ from sessions.machine import (
 )
 from sessions.model import MarkingScheme, Question
 from storage.errors import StorageUnavailable
+from storage.outage import Outage
 from storage.ratelimit import LocalBucket, Rate
 from storage.session_store import Applied, Opened, Outcome, Stored
 
@@ -304,6 +305,7 @@ class StudentConnection:
         except StorageUnavailable as exc:
             await self._unavailable(None, self.binary, exc)
             return False
+        self.s.hub.outage.recovered()
         if opened is Outcome.FORBIDDEN:
             self.send(frames.error_frame("forbidden", "this session belongs to someone else"))
             await self.close(Close.UNAUTHORIZED, "not your session")
@@ -465,7 +467,7 @@ class StudentConnection:
         """Redis did not answer. The write may or may not have happened, so this connection stops here:
         processing later messages could store seq N+1 while N is unknown, and a resent N would then be
         taken for a duplicate. The client reconnects, reads last_seq from the state frame, resends the rest."""
-        log.warning("session %s: storage unavailable (%s); closing %s", self.sid, exc, Close.STORAGE_UNAVAILABLE)
+        self.s.hub.outage.failed("session %s: %s; closing %s", self.sid, exc, Close.STORAGE_UNAVAILABLE)
         message = "storage is unavailable: this message may not be saved; reconnect, then resend after last_seq"
         self.send(frames.error_frame("unavailable", message, seq, retry=True), binary)
         await self.close(Close.STORAGE_UNAVAILABLE, "storage unavailable")
@@ -552,6 +554,8 @@ class Hub:
         # a reconnect continues them, so that reconnecting does not buy a fresh burst (see buckets())
         self.parked: OrderedDict[str, tuple[float, Buckets]] = OrderedDict()
         self.crash_count = 0  # times the test-only crash point was reached (crash_point())
+        # while Redis is down every connection closes with 4503: one log line per 10 s, not one per student
+        self.outage = Outage(log, "storage unavailable to student connections")
         # refused handshakes per address (bad token or Origin): see auth_failure()
         self.failures: OrderedDict[str, LocalBucket] = OrderedDict()
         if metrics is not None:

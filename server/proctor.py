@@ -29,6 +29,7 @@ from server.closecodes import Close
 from server.hub import Outbound, WebSocket, wall_ms
 from sessions.proctoring import alerts, summary
 from storage.keys import PARTITIONS
+from storage.outage import Outage
 from storage.session_store import Stored
 
 if TYPE_CHECKING:
@@ -125,6 +126,7 @@ class Rooms:
         self._audience: dict[int, tuple[float, int]] = {}  # room -> (checked at, subscribers)
         self.published = 0
         self.resyncs = 0
+        self._outage = Outage(log, "room publisher")
 
     # ---- publishing ------------------------------------------------------------------------------------
 
@@ -139,6 +141,7 @@ class Rooms:
             keys = self.s.store.keys
             channels = [keys.room_feed(t) for t in stale]
             counts = await subscriber_counts(self.s.redis, channels)
+            self._outage.recovered()  # (said only after run_publisher logged a failure)
             for t, channel in zip(stale, channels, strict=True):
                 self._audience[t] = (now, counts.get(channel, 0))
         return {t: self._audience[t][1] for t in template_ids}
@@ -187,6 +190,7 @@ class Rooms:
                 seq_key, channel = keys.room_seq(template_id), keys.room_feed(template_id)
                 calls.append(self.s.writer.call(script, [seq_key], [channel, payload]))
         await asyncio.gather(*calls)
+        self._outage.recovered()
         self.published += len(calls)
         return len(calls)
 
@@ -196,7 +200,7 @@ class Rooms:
             try:
                 await self.publish_dirty()
             except Exception as exc:  # a lost update is healed by the next change or a resync
-                log.warning("room publisher: %s", exc)
+                self._outage.failed("%s", exc)
 
     # ---- snapshots -------------------------------------------------------------------------------------
 
@@ -284,6 +288,7 @@ class Rooms:
 
         prefix = self.s.store.keys.room_feed(0).split("{")[0]
         channels: set[str] = set()
+        outage = Outage(log, "room subscriber")
         while True:
             try:
                 async with subscriber(self.s.settings, self.s.redis) as ps:
@@ -306,6 +311,7 @@ class Rooms:
                             await self._subscriptions.put(await self._subscriptions.get())
                             continue
                         message = await ps.get_message(timeout=0.05)
+                        outage.recovered()
                         if message and message["type"] == "message":
                             channel = str(message["channel"])
                             tid = int(channel[len(prefix) :].split("}")[0].lstrip("{r"))
@@ -313,7 +319,7 @@ class Rooms:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("room subscriber: %s; reconnecting", exc)
+                outage.failed("%s; reconnecting", exc)
                 await asyncio.sleep(0.5)
 
 
@@ -326,11 +332,13 @@ async def listen_control(services: Services) -> None:
     if services.store.host and not services.store.sharded:  # "alive": never published to; open.lua counts listeners
         channels.append(keys.alive_channel(services.store.host))
     hub = services.hub
+    outage = Outage(log, "control listener")
     while True:
         try:
             async with subscriber(services.settings, services.redis) as ps:
                 await ps.subscribe(*channels)
                 services.listening.set()
+                outage.recovered()
                 async for message in ps.listen():
                     channel, data = str(message["channel"]), str(message["data"])
                     if channel == keys.fence_channel:
@@ -350,7 +358,7 @@ async def listen_control(services: Services) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # missed notices are healed: fences by the epoch check, the rest by reloads
-            log.warning("control listener: %s; resubscribing", exc)
+            outage.failed("%s; resubscribing", exc)
             await asyncio.sleep(0.5)
 
 

@@ -18,6 +18,7 @@ from storage import pg
 from storage.cache import TieredCache
 from storage.catalog import Catalog
 from storage.flusher import Flusher
+from storage.outage import Outage
 from storage.ratelimit import RedisLimiter
 from storage.scripts import AnyRedis
 from storage.session_store import RedisSessionStore
@@ -54,6 +55,8 @@ class Services:
     listening: asyncio.Event = field(default_factory=asyncio.Event)
     # on a Redis Cluster, set once the sharded alive channels are held (server/alive.py)
     alive: asyncio.Event = field(default_factory=asyncio.Event)
+    # requests answered 503 while storage is down (server/api.py json_errors): one log line per 10 s, not one each
+    api_outage: Outage = field(default_factory=lambda: Outage(logging.getLogger("server.api"), "storage unavailable"))
     rooms: Rooms = field(init=False)  # set right after construction: it needs the services itself
 
     def background(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:

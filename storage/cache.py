@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -51,6 +50,7 @@ from redis.exceptions import RedisError
 
 from storage import pg
 from storage.analytics import ScoreEntry
+from storage.outage import Outage
 from storage.scripts import AnyRedis
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class TieredCache:
         self._tag_ttl_s = max(self._ttl.values()) + _LOAD_SLACK_S
         self._observer = observer
         self._inflight: dict[str, asyncio.Task[Any]] = {}
-        self._warned_at = 0.0
+        self._outage = Outage(log, "cache")
         self._enabled = enabled
 
     def key(self, tier: Tier | str, key: str) -> str:
@@ -146,6 +146,7 @@ class TieredCache:
             self._warn(exc)
             self._count(tier, hit=False)
             return await self._single_flight(full, lambda: _plain(loader))
+        self._outage.recovered()
         if raw is not None:
             try:
                 stored_gens, value = decode_entry(raw)
@@ -228,10 +229,7 @@ class TieredCache:
             self._observer.on_cache(tier.value, hit)
 
     def _warn(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._warned_at > 10:
-            self._warned_at = now
-            log.warning("cache: redis unavailable (%s); serving from the source", exc)
+        self._outage.failed("redis unavailable (%s); serving from the source", exc)
 
 
 async def _plain(loader: Loader) -> Any:

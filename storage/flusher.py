@@ -34,6 +34,7 @@ from sessions.scoring import mark, score
 from storage import analytics, pg
 from storage.catalog import Catalog
 from storage.keys import FLUSH_GROUP, PARTITIONS, Keys
+from storage.outage import Outage
 from storage.scripts import AnyRedis, Scripts
 from storage.session_store import RedisSessionStore, Stored
 
@@ -231,12 +232,14 @@ class Flusher:
     async def run(self) -> None:
         await self.ensure_groups()
         backoff = idle = self._idle_sleep_s
+        outage = Outage(log, f"flusher {self.consumer}")
         while True:
             try:
                 n = await self.flush_once()
                 backoff = self._idle_sleep_s
+                outage.recovered()
             except (TimeoutError, RedisError, OSError) as exc:
-                log.warning("flusher: storage unavailable (%s); retrying in %.1fs", exc, backoff)
+                outage.failed("storage unavailable (%s); retrying in %.1fs", exc, backoff)
                 n = 0
                 backoff = min(backoff * 2, 5.0)
             except Exception:

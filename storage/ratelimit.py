@@ -39,6 +39,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+from storage.outage import Outage
+
 if TYPE_CHECKING:
     from storage.scripts import AnyRedis, Script
 
@@ -164,7 +166,7 @@ class RedisLimiter:
         self._redis = redis
         self._prefix = prefix
         self.script = _script()
-        self._warned_at = 0.0
+        self._outage = Outage(log, "rate limiter")
         self._slots = asyncio.Semaphore(concurrency)  # checks waiting on Redis at once (see the module docstring)
         self._local: OrderedDict[str, tuple[Rate, LocalBucket]] | None = OrderedDict() if local_first else None
         self._local_keys = local_keys
@@ -206,11 +208,9 @@ class RedisLimiter:
             async with self._slots:
                 replies = await self._run(limits, reload_allowed=True)
         except (TimeoutError, RedisError, OSError) as exc:
-            now = time.monotonic()
-            if now - self._warned_at > 10:
-                self._warned_at = now
-                log.warning("rate limiter: redis unavailable (%s); allowing requests unchecked", exc)
+            self._outage.failed("redis unavailable (%s); allowing requests unchecked", exc)
             return None
+        self._outage.recovered()
         for limit, (allowed, retry_after_ms, remaining) in zip(limits, replies, strict=True):
             if not allowed:
                 return limit, Verdict(False, int(retry_after_ms), int(remaining))

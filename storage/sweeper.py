@@ -12,6 +12,7 @@ import logging
 from redis.exceptions import RedisError
 
 from storage.errors import StorageUnavailable
+from storage.outage import Outage
 from storage.scripts import AnyRedis
 from storage.session_store import Outcome, RedisSessionStore
 
@@ -24,6 +25,7 @@ class Sweeper:
         self._store = store
         self._interval_s = interval_s
         self.expired = 0
+        self._outage = Outage(log, "sweeper", every_s=60.0)
 
     async def sweep_once(self) -> int:
         seconds, micros = await self._redis.time()
@@ -40,8 +42,9 @@ class Sweeper:
         while True:
             try:
                 n = await self.sweep_once()
+                self._outage.recovered()
                 if n:
                     log.info("sweeper expired %d sessions", n)
             except (TimeoutError, RedisError, OSError, StorageUnavailable) as exc:
-                log.warning("sweeper: redis unavailable (%s)", exc)
+                self._outage.failed("redis unavailable (%s)", exc)
             await asyncio.sleep(self._interval_s)

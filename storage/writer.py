@@ -23,6 +23,7 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from storage.errors import StorageUnavailable
+from storage.outage import Outage
 from storage.scripts import AnyRedis, Script, Scripts
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class CoalescingWriter:
         self.batches = 0
         self.calls = 0
         self.merged = 0  # calls that rode a merged script call (see _units)
+        self._outage = Outage(log, "redis pipeline")
 
     async def start(self) -> None:
         await self._scripts.register(self._redis)
@@ -123,9 +125,10 @@ class CoalescingWriter:
         try:
             results = await self._round_trip(commands)
         except (TimeoutError, RedisError, OSError) as exc:
-            log.warning("redis pipeline of %d calls failed: %s", len(batch), exc)
+            self._outage.failed("%d calls failed: %s", len(batch), exc)
             _fail(batch, StorageUnavailable(f"redis: {exc}"))
             return
+        self._outage.recovered()
         retry: list[_Call] = []
         for unit, result in zip(units, results, strict=True):
             if isinstance(result, NoScriptError):

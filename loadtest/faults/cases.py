@@ -27,6 +27,11 @@ from loadtest.faults.harness import SECRET, Rig
 from loadtest.faults.proxy import FaultProxy
 from storage.keys import FLUSH_GROUP, PARTITIONS, Keys
 
+# A hub's log about one Redis outage of a few seconds: each part of it that uses Redis says once that it fails and
+# once that it works again (storage/outage.py). Far more means some part logs every failure: one line per student, per
+# request or per retry, thousands a second on a loaded hub.
+OUTAGE_LOG_LINES = 40
+
 
 @dataclass
 class Result:
@@ -336,6 +341,7 @@ async def redis_kill(students: int = 200, down_s: float = 5.0, interval_s: float
     async with Rig(hubs_n=2).up() as rig, running(rig, students, interval_s) as load:
         assert rig.redis is not None
         await wait_acks(load, students)
+        logged = [hub.log_path.stat().st_size for hub in rig.hubs]
         killed = time.monotonic()
         rig.redis.kill()
         await asyncio.sleep(down_s)
@@ -346,9 +352,12 @@ async def redis_kill(students: int = 200, down_s: float = 5.0, interval_s: float
         closes_4503 = sum(c.closes[4503] for c in load.clients)
         await wait_acks(load, students, timeout_s=60)
         recovered = acks_between(load.clients, restarted, time.monotonic())
+        # what each hub wrote to its log from the kill until every student was acknowledged again
+        lines = [len(hub.log_path.read_bytes()[at:].splitlines()) for hub, at in zip(rig.hubs, logged, strict=True)]
         result.figures.update(acks_while_down=false_acks, unavailable_frames=told_retry, closes_4503=closes_4503,
-                              acks_after_restart=recovered)  # fmt: skip
+                              acks_after_restart=recovered, hub_log_lines=lines)  # fmt: skip
         result.expect(false_acks == 0, f"{false_acks} acknowledgements while Redis was down")
+        result.expect(max(lines) <= OUTAGE_LOG_LINES, f"a hub logged {max(lines)} lines about one outage")
         result.expect(told_retry > 0, "no client was told `unavailable` (retry) while Redis was down")
         result.expect(recovered > 0, "no acknowledgement after Redis came back")
         resume_figures(result, load.clients)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from server.settings import Durability, Settings
 from storage.embedded import EmbeddedRedis, free_port
 from storage.errors import UnsafeRedisConfig
 from tests.conftest import template_id
-from tests.server.conftest import ClientFactory, Student, services, student
+from tests.server.conftest import ClientFactory, Student, bearer, guest, services, student
 
 
 @pytest.fixture
@@ -79,3 +81,56 @@ async def test_start_up_accepts_a_durable_redis(settings: Settings, durable_redi
 
     s = await open_services(settings.with_(redis_url=url, redis_durability=Durability.REQUIRE))
     await close_services(s)
+
+
+async def test_a_redis_outage_is_logged_once_per_part_not_once_per_failure(
+    aiohttp_client: ClientFactory, settings: Settings, durable_redis: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While Redis is down, every student's answer, every request and every 0.5 s retry of the control listener fails;
+    each part says so once (storage.outage: once per 10 s), and once more, at INFO, when it works again."""
+    caplog.set_level(logging.INFO)
+    url = f"redis://127.0.0.1:{durable_redis.port}/0"
+    settings = settings.with_(redis_url=url, redis_durability=Durability.REQUIRE, redis_timeout_s=1.0)
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
+    s = services(client)
+    tid = await template_id(s.pool, "neet-biology-90")
+    students = [await student(client, tid) for _ in range(4)]
+    for st in students:
+        await st.connect()
+    user = await guest(client)
+
+    durable_redis.kill()
+    for st in students:  # each answer fails in its own pipeline, and each connection closes with 4503
+        q = st.questions()[0]
+        assert (await st.answer(q["id"], q["options"][0]["id"]))["code"] == "unavailable"
+        assert await st.closed() == Close.STORAGE_UNAVAILABLE
+    for _ in range(4):
+        r = await client.post("/api/sessions", json={"template_id": tid}, headers=bearer(user))
+        assert r.status == 503 and (await r.json())["error"] == "unavailable"
+    await asyncio.sleep(2.0)  # the control listener tries again every 0.5 s meanwhile
+
+    durable_redis.start()
+    back = Student(client, students[0].token, students[0].sid)
+    await back.connect()
+    q = back.questions()[1]
+    assert (await back.answer(q["id"], q["options"][1]["id"], seq=2))["type"] == "ack"
+    r = await client.post("/api/sessions", json={"template_id": tid}, headers=bearer(user))
+    assert r.status == 201
+    parts = {
+        "control listener": 3,  # at least this many failures: it retried while Redis was down
+        "redis pipeline": 4,
+        "storage unavailable to student connections": 4,
+        "storage unavailable": 4,  # the API's 503s
+    }
+    for _ in range(50):  # the listener subscribes again within 0.5 s of Redis' return
+        if "control listener: working again" in caplog.text:
+            break
+        await asyncio.sleep(0.1)
+    for part, at_least in parts.items():
+        said = [r for r in caplog.records if r.getMessage().startswith(part + ": ")]
+        warned = [r for r in said if r.levelno == logging.WARNING]
+        assert len(warned) == 1, (part, [r.getMessage() for r in said])
+        ended = [r.getMessage() for r in said if r.levelno == logging.INFO]
+        assert len(ended) == 1 and "working again after" in ended[0], (part, ended)
+        failures = int(ended[0].rsplit(" and ", 1)[1].split()[0])
+        assert failures >= at_least, (part, ended[0])
