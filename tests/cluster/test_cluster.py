@@ -9,7 +9,7 @@ import secrets
 import time
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from server import alive
 from server.app import subscriber
@@ -204,6 +204,73 @@ async def test_a_subscription_the_node_ends_is_noticed(cluster_url: str, redis: 
     finally:
         await ps.aclose()
         await client.aclose()
+
+
+async def test_a_partition_whose_slot_moves_is_held_on_its_new_node(redis: RedisCluster, prefix: str) -> None:
+    """A real resharding of one partition's slot, as `redis-cli --cluster reshard` does it: the node that gives the slot
+    away ends the sharded channel's subscription there (sunsubscribe), and hold_shards subscribes again on the node
+    that took it, so the process reads as alive there. Then the slot goes back, and the same happens the other way."""
+    keys = Keys(prefix)
+    channel = keys.alive_shard_channel(0, "hub-x")
+    slot = redis.keyslot(channel)
+    await redis.initialize()
+    home = redis.get_node_from_key(channel)
+    assert home is not None
+    away = next(n for n in redis.get_primaries() if n.name != home.name)
+    held = asyncio.Event()
+    task = asyncio.create_task(alive.hold_shards(redis, lambda h, p: Redis(host=h, port=p, decode_responses=True),
+                                                 keys, "hub-x", held))  # fmt: skip
+    try:
+        await asyncio.wait_for(held.wait(), 10)
+        assert (await _listeners_on(redis, home, channel), await _listeners_on(redis, away, channel)) == (1, 0)
+        for there, elsewhere in ((away, home), (home, away)):
+            await _move_slot(redis, slot, there)
+            for _ in range(100):  # every channel is subscribed again, about 0.5 s after the end
+                if await _listeners_on(redis, there, channel) == 1 and await _held(redis, keys):
+                    break
+                await asyncio.sleep(0.1)
+            where = (await _listeners_on(redis, there, channel), await _listeners_on(redis, elsewhere, channel))
+            assert where == (1, 0)
+            assert await _held(redis, keys)  # the other partitions too
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await redis.nodes_manager.initialize()
+        if redis.nodes_manager.get_node_from_slot(slot).name != home.name:
+            await _move_slot(redis, slot, home)  # leave the cluster as the other tests expect it
+
+
+async def _held(redis: RedisCluster, keys: Keys) -> bool:
+    return await _alive_counts(redis, keys, "hub-x") == [1] * PARTITIONS
+
+
+async def _listeners_on(redis: RedisCluster, node: ClusterNode, channel: str) -> int:
+    ((_, n),) = await redis.pubsub_shardnumsub(channel, target_nodes=node)
+    return int(n)
+
+
+async def _move_slot(redis: RedisCluster, slot: int, to: ClusterNode) -> None:
+    """Move one slot, and the keys in it, to the primary `to`: IMPORTING and MIGRATING, MIGRATE, then SETSLOT NODE on
+    every primary, the new owner first (the steps of `redis-cli --cluster reshard`)."""
+    await redis.nodes_manager.initialize()
+    owner = redis.nodes_manager.get_node_from_slot(slot)
+    nodes = {n.name: Redis(host=n.host, port=int(n.port), decode_responses=True) for n in redis.get_primaries()}
+    try:
+        source, target = nodes[owner.name], nodes[to.name]
+        source_id, target_id = (
+            await source.execute_command("CLUSTER MYID"),
+            await target.execute_command("CLUSTER MYID"),
+        )
+        await target.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+        await source.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+        while moving := await source.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+            await source.execute_command("MIGRATE", to.host, to.port, "", 0, 5000, "KEYS", *moving)
+        for client in (target, source, *(c for c in nodes.values() if c not in (source, target))):
+            await client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+    finally:
+        for client in nodes.values():
+            await client.aclose()
+    await redis.nodes_manager.initialize()
 
 
 async def test_sharded_pubsub_is_found_on_every_primary(redis: RedisCluster) -> None:
