@@ -28,6 +28,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
+from server.pubsub import messages
 from storage.keys import PARTITIONS, Keys
 from storage.outage import Outage
 
@@ -143,6 +144,6 @@ async def _until_one_ends(pubsubs: list[PubSub]) -> None:
 
 async def _watch(ps: PubSub) -> None:
     message: Any
-    async for message in ps.listen():
+    async for message in messages(ps):  # (a connection that died in silence raises: server/pubsub.py)
         if str(message.get("type")) == "sunsubscribe":
             return

@@ -27,6 +27,7 @@ from aiohttp import WSMsgType, web
 
 from server.closecodes import Close
 from server.hub import Outbound, WebSocket, wall_ms
+from server.pubsub import Watch, messages
 from sessions.proctoring import alerts, summary
 from storage.keys import PARTITIONS
 from storage.outage import Outage
@@ -292,6 +293,7 @@ class Rooms:
         while True:
             try:
                 async with subscriber(self.s.settings, self.s.redis) as ps:
+                    watch = Watch(ps)  # a connection that died in silence raises (server/pubsub.py)
                     if channels:
                         await ps.subscribe(*channels)
                         for tid in list(self.watchers):
@@ -310,7 +312,7 @@ class Rooms:
                         if not channels:
                             await self._subscriptions.put(await self._subscriptions.get())
                             continue
-                        message = await ps.get_message(timeout=0.05)
+                        message = await watch.heard(await ps.get_message(timeout=0.05))
                         outage.recovered()
                         if message and message["type"] == "message":
                             channel = str(message["channel"])
@@ -339,7 +341,7 @@ async def listen_control(services: Services) -> None:
                 await ps.subscribe(*channels)
                 services.listening.set()
                 outage.recovered()
-                async for message in ps.listen():
+                async for message in messages(ps):  # (a connection that died in silence raises: server/pubsub.py)
                     channel, data = str(message["channel"]), str(message["data"])
                     if channel == keys.fence_channel:
                         sid, _, epoch = data.partition(" ")
