@@ -20,7 +20,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from server import alive, routes
+from server import alive, routes, tasks
 from server import api as api_edge
 from server.auth import Auth, TokenError
 from server.closecodes import Close
@@ -181,14 +181,9 @@ async def open_services(settings: Settings) -> Services:
 
 
 async def close_services(services: Services) -> None:
-    tasks = list(services.tasks)
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        # bounded: a cancellation swallowed inside a client library must not keep the process from exiting
-        _, stuck = await asyncio.wait(tasks, timeout=5)
-        for task in stuck:
-            log.warning("background task %s did not stop within 5 s; leaving it", task.get_name())
+    # bounded: a task that keeps swallowing its cancellation must not keep the process from exiting
+    for task in await tasks.stop(services.tasks, within_s=5.0, every_s=1.0):  # (1 s to clean up after a cancel)
+        log.warning("background task %s did not stop within 5 s; leaving it", task.get_name())
     await services.writer.close()
     await services.redis.aclose()
     await services.cache_redis.aclose()

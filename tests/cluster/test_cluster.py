@@ -8,10 +8,11 @@ import asyncio
 import secrets
 import time
 
+import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-from server import alive
+from server import alive, pubsub
 from server.app import subscriber
 from server.settings import Settings
 from sessions.machine import Activate, Finish, FinishReason, SaveAnswer, SavedAnswer
@@ -182,6 +183,45 @@ async def test_the_alive_channels_are_held_on_every_partitions_node_and_again_af
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert await _alive_counts(redis, keys, "hub-x") == [0] * PARTITIONS  # the task ended: its connections closed
+
+
+async def test_while_one_node_hangs_the_channels_on_the_others_stay_held(
+    redis: RedisCluster, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One node answers nothing for three seconds (CLIENT PAUSE: a node stuck, or cut off by the network): its
+    subscription does not answer a PING (server/pubsub.py, made quick here) and is given up. hold_shards confirms new
+    subscriptions before it closes the old ones, so the partitions of the other nodes read as alive throughout; the
+    hung node's are held again once it answers."""
+    monkeypatch.setattr(pubsub, "QUIET_S", 0.3)
+    keys = Keys(prefix)
+    await redis.initialize()
+    down = redis.get_node_from_key(keys.alive_shard_channel(0, "hub-x"))
+    assert down is not None
+    nodes = [(p, redis.get_node_from_key(keys.alive_shard_channel(p, "hub-x"))) for p in range(PARTITIONS)]
+    elsewhere = [(p, node) for p, node in nodes if node is not None and node.name != down.name]
+    assert elsewhere  # the 16 partitions' slots are spread over the three masters
+    held = asyncio.Event()
+    task = asyncio.create_task(alive.hold_shards(redis, lambda h, p: Redis(host=h, port=p, decode_responses=True),
+                                                 keys, "hub-x", held))  # fmt: skip
+    direct = Redis(host=down.host, port=int(down.port), decode_responses=True)
+    try:
+        await asyncio.wait_for(held.wait(), 10)
+        await direct.execute_command("CLIENT", "PAUSE", 3000, "ALL")
+        counts: set[int] = set()
+        for _ in range(80):  # the hung node's three seconds, and a second or so more
+            for p, node in elsewhere:
+                counts.add(await _listeners_on(redis, node, keys.alive_shard_channel(p, "hub-x")))
+            await asyncio.sleep(0.05)
+        assert counts <= {1, 2}, counts  # never 0 (2: the new subscription confirmed, the old one not yet closed)
+        for _ in range(100):
+            if await _held(redis, keys):
+                break
+            await asyncio.sleep(0.1)
+        assert await _held(redis, keys)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await direct.aclose()
 
 
 async def test_a_subscription_the_node_ends_is_noticed(cluster_url: str, redis: RedisCluster, prefix: str) -> None:
