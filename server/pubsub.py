@@ -6,6 +6,9 @@ network partition. The hub's subscriptions are quiet for long spells: the alive 
 control channels only a proctor's action or a student's reconnect. Such a connection would go deaf for good (fences
 and proctor actions lost) with nothing in the log.
 
+redis-py's own `health_check_interval` does not tell either: it sends a PING on a pub/sub connection only when a read
+starts (listen() starts one and waits in it), and nothing waits for the answer.
+
 `Watch` tells a quiet connection from a dead one: after `quiet_s` of silence it sends a PING (which also keeps a
 middlebox from forgetting the connection), and if nothing at all has come back `quiet_s` later it raises
 ConnectionError; each caller already subscribes again on a new connection when its loop raises.

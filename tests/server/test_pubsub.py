@@ -9,6 +9,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -26,8 +27,8 @@ QUIET_S = 0.3
 
 @pytest.fixture
 async def proxy() -> AsyncIterator[FaultProxy]:
-    target = Redis.from_url(REDIS_URL).connection_pool.connection_kwargs
-    p = FaultProxy(str(target.get("host", "127.0.0.1")), int(target.get("port", 6379)))
+    target = urlsplit(REDIS_URL)
+    p = FaultProxy(target.hostname or "127.0.0.1", target.port or 6379)
     await p.start()
     yield p
     p.blackhole(False)
